@@ -1,0 +1,34 @@
+//! Tunables, each with the reason for its value.
+
+/// Default number of shards (independent sub-roots) per tree. Texts are sent to a shard by their
+/// first char, so requests with different first chars never touch the same root array; 32 roots
+/// cost about 3 KiB per tree and leave collisions rare for the few dozen distinct first chars
+/// real prompts start with.
+pub(crate) const DEFAULT_SHARDS: usize = 32;
+
+/// Upper bound on shards: beyond this the roots' memory outgrows any contention they could save.
+pub(crate) const MAX_SHARDS: usize = 4096;
+
+/// Distinct tenants one tree can intern. A tenant id must fit the 15-bit field of a tenant slot
+/// (see `tree/tenants.rs`); 16,384 is far above any fleet a router fronts.
+pub(crate) const MAX_TENANTS: usize = 1 << 14;
+
+/// Tenants per lazily allocated registry chunk: a tree that serves 8 workers allocates one
+/// chunk of 64 entries, not the whole 16,384.
+pub(crate) const TENANT_CHUNK: usize = 64;
+
+/// Tenant slots a new node gets beyond the tenants it starts with. A leaf is usually created for
+/// one tenant; one spare slot lets a second tenant join without rebuilding the node.
+pub(crate) const MIN_TENANT_SLOTS: usize = 2;
+
+/// Steps of a descent remembered on the stack so the insert that follows a match can skip the
+/// byte comparisons. Deeper paths still work; the steps past this are compared again.
+/// 64 steps of 16 bytes is 1 KiB of stack; Mooncake-shaped prompts branch far less often.
+pub(crate) const PATH_CAPACITY: usize = 64;
+
+/// Child arrays up to this length are scanned linearly; longer ones are binary-searched.
+pub(crate) const LINEAR_CHILD_SCAN: usize = 8;
+
+/// Eviction passes a single `evict` call makes when concurrent splits keep it from reaching the
+/// budget in one pass (a node it picked was replaced under it).
+pub(crate) const EVICTION_PASSES: usize = 4;

@@ -1,0 +1,23 @@
+//! A lock-free, cache-aware request routing engine.
+//!
+//! An LLM-serving proxy asks, for every request, which inference worker should get it. Workers
+//! keep a prefix (KV) cache, so sending a request where its prefix already lives saves prefill
+//! time. This crate keeps, per model, an approximate radix tree of the texts sent to each worker
+//! ([`Tree`]) and answers that question in one lock-free descent.
+//!
+//! The tree is sharded by first char; matches take no lock; inserts, splits, eviction and tenant
+//! removal change it with compare-and-swap and reclaim memory through crossbeam-epoch. See the
+//! `tree` module's files for the protocols and the orderings they rely on.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod clock;
+mod constants;
+mod error;
+mod sync;
+mod tenant;
+mod tree;
+
+pub use clock::{Clock, ManualClock};
+pub use error::TreeError;
+pub use tenant::TenantId;
+pub use tree::{EvictionStats, Holders, MatchCounts, MatchOutcome, Tree, TreeConfig};

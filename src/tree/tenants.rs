@@ -1,0 +1,270 @@
+//! Tenant slots: which tenants hold a node, and when each last used it.
+//!
+//! Each node has a fixed array of `AtomicU64` slots. A slot packs
+//! `[frozen:1][tag:15][tick:48]`, where tag 0 is EMPTY, `DEAD_TAG` is a detached tenant, and any
+//! other tag is `tenant id + 1`.
+//!
+//! Invariants:
+//! - EMPTY slots form a suffix of the array: a slot leaves EMPTY only by a CAS, and never returns
+//!   to it (detaching writes DEAD). Arrays are built compacted (live slots first).
+//! - A tenant is live in at most one slot of a node. An attach scans for the tenant and stops at
+//!   the first EMPTY slot, which it claims by CAS. Every slot before the first EMPTY one is
+//!   non-EMPTY forever, so a second attacher of the same tenant that loses the CAS re-reads that
+//!   slot and finds the tenant there. This is what keeps two concurrent first attaches from
+//!   counting a tenant's chars twice.
+//! - A frozen slot never changes again. Freezing (`fetch_or` of the frozen bit) is how a node
+//!   being replaced gets a final snapshot: any attach, refresh or detach CAS that lands before the
+//!   freeze is in the snapshot, and any after it fails and sees the bit.
+//!
+//! Orderings: every change of a slot is a CAS (or `fetch_or`) on that one location, so the slot's
+//! modification order alone decides races; `AcqRel`/`Acquire` is enough, nothing here needs a
+//! total order across locations. Refreshes that lose a CAS are dropped: a tick is an LRU hint.
+
+use crate::clock::MAX_TICK;
+use crate::sync::{AtomicU64, Ordering};
+use crate::tenant::TenantId;
+
+const FROZEN: u64 = 1 << 63;
+const TAG_SHIFT: u32 = 48;
+const TAG_MASK: u64 = 0x7FFF;
+const EMPTY_TAG: u64 = 0;
+const DEAD_TAG: u64 = TAG_MASK;
+
+pub(crate) type Slots = [AtomicU64];
+
+#[inline]
+fn tag_of(v: u64) -> u64 {
+    (v >> TAG_SHIFT) & TAG_MASK
+}
+
+#[inline]
+fn tick_of(v: u64) -> u64 {
+    v & MAX_TICK
+}
+
+#[inline]
+fn encode(tag: u64, tick: u64) -> u64 {
+    (tag << TAG_SHIFT) | tick.min(MAX_TICK)
+}
+
+#[inline]
+fn tag_for(id: TenantId) -> u64 {
+    id.index() as u64 + 1
+}
+
+/// The live tenant in a slot value, if any.
+#[inline]
+fn live_tenant(v: u64) -> Option<TenantId> {
+    match tag_of(v) {
+        EMPTY_TAG | DEAD_TAG => None,
+        tag => Some(TenantId::from_index((tag - 1) as usize)),
+    }
+}
+
+/// The outcome of an attach.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Attach {
+    /// The tenant already held the node; its tick was refreshed.
+    Present,
+    /// This call attached the tenant: the caller adds the node's chars to its count.
+    Attached,
+    /// No EMPTY slot is left: the node must be rebuilt with room.
+    Full,
+    /// The node is being replaced.
+    Frozen,
+}
+
+/// The outcome of a detach.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Detach {
+    /// This call detached the tenant: the caller subtracts the node's chars from its count.
+    Detached,
+    Absent,
+    Frozen,
+}
+
+/// A fresh slot array of `capacity` slots holding `live` (tenant, tick) pairs first.
+pub(crate) fn new_slots(live: &[(TenantId, u64)], capacity: usize) -> Box<Slots> {
+    debug_assert!(live.len() <= capacity);
+    (0..capacity)
+        .map(|i| {
+            AtomicU64::new(
+                live.get(i)
+                    .map_or(0, |&(id, tick)| encode(tag_for(id), tick)),
+            )
+        })
+        .collect()
+}
+
+/// Capacity for a rebuilt array holding `live` tenants: room to double.
+pub(crate) fn capacity_for(live: usize) -> usize {
+    (2 * live).max(live + crate::constants::MIN_TENANT_SLOTS)
+}
+
+pub(crate) fn attach(slots: &Slots, id: TenantId, tick: u64) -> Attach {
+    let want = tag_for(id);
+    for slot in slots {
+        let mut v = slot.load(Ordering::Acquire);
+        loop {
+            if v & FROZEN != 0 {
+                return Attach::Frozen;
+            }
+            match tag_of(v) {
+                t if t == want => {
+                    refresh_value(slot, v, tick);
+                    return Attach::Present;
+                }
+                EMPTY_TAG => match slot.compare_exchange(
+                    v,
+                    encode(want, tick),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => return Attach::Attached,
+                    // Someone claimed this slot first: look at what they wrote.
+                    Err(now) => v = now,
+                },
+                _ => break,
+            }
+        }
+    }
+    Attach::Full
+}
+
+/// Raises the tenant's tick to `tick` if it holds the node; returns whether it does.
+pub(crate) fn refresh(slots: &Slots, id: TenantId, tick: u64) -> bool {
+    let want = tag_for(id);
+    for slot in slots {
+        let v = slot.load(Ordering::Acquire);
+        match tag_of(v) {
+            t if t == want => {
+                refresh_value(slot, v, tick);
+                return true;
+            }
+            EMPTY_TAG => return false,
+            _ => {}
+        }
+    }
+    false
+}
+
+#[inline]
+fn refresh_value(slot: &AtomicU64, v: u64, tick: u64) {
+    // Only write when the tick moves: hot shared nodes are read far more often than a coarse
+    // tick advances, and a load keeps their cache line shared.
+    if v & FROZEN == 0 && tick_of(v) < tick {
+        let _ = slot.compare_exchange(
+            v,
+            encode(tag_of(v), tick),
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
+    }
+}
+
+pub(crate) fn detach(slots: &Slots, id: TenantId) -> Detach {
+    let want = tag_for(id);
+    for slot in slots {
+        let mut v = slot.load(Ordering::Acquire);
+        loop {
+            if v & FROZEN != 0 {
+                return Detach::Frozen;
+            }
+            match tag_of(v) {
+                t if t == want => match slot.compare_exchange(
+                    v,
+                    encode(DEAD_TAG, 0),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => return Detach::Detached,
+                    // A refresh changed the tick, or a freeze landed: look again.
+                    Err(now) => v = now,
+                },
+                EMPTY_TAG => return Detach::Absent,
+                _ => break,
+            }
+        }
+    }
+    Detach::Absent
+}
+
+/// The tenant's tick if it holds the node.
+pub(crate) fn tick(slots: &Slots, id: TenantId) -> Option<u64> {
+    let want = tag_for(id);
+    for slot in slots {
+        let v = slot.load(Ordering::Acquire);
+        match tag_of(v) {
+            t if t == want => return Some(tick_of(v)),
+            EMPTY_TAG => return None,
+            _ => {}
+        }
+    }
+    None
+}
+
+pub(crate) fn holds(slots: &Slots, id: TenantId) -> bool {
+    tick(slots, id).is_some()
+}
+
+/// Live (tenant, tick) pairs, in slot order.
+pub(crate) fn live(slots: &Slots) -> impl Iterator<Item = (TenantId, u64)> + '_ {
+    slots
+        .iter()
+        .map(|s| s.load(Ordering::Acquire))
+        .take_while(|&v| tag_of(v) != EMPTY_TAG)
+        .filter_map(|v| live_tenant(v).map(|id| (id, tick_of(v))))
+}
+
+pub(crate) fn has_live(slots: &Slots) -> bool {
+    live(slots).next().is_some()
+}
+
+/// Freezes every slot; afterwards `live` returns the same answer forever.
+pub(crate) fn freeze(slots: &Slots) {
+    for slot in slots {
+        slot.fetch_or(FROZEN, Ordering::AcqRel);
+    }
+}
+
+#[cfg(all(test, not(router_loom)))]
+mod tests {
+    use super::*;
+
+    fn id(i: usize) -> TenantId {
+        TenantId::from_index(i)
+    }
+
+    #[test]
+    fn attach_refresh_detach() {
+        let slots = new_slots(&[], 2);
+        assert_eq!(attach(&slots, id(3), 5), Attach::Attached);
+        assert_eq!(attach(&slots, id(3), 9), Attach::Present);
+        assert_eq!(tick(&slots, id(3)), Some(9));
+        assert!(!refresh(&slots, id(4), 10));
+        assert_eq!(attach(&slots, id(4), 1), Attach::Attached);
+        assert_eq!(attach(&slots, id(5), 1), Attach::Full);
+        assert_eq!(detach(&slots, id(3)), Detach::Detached);
+        assert_eq!(detach(&slots, id(3)), Detach::Absent);
+        assert_eq!(live(&slots).collect::<Vec<_>>(), vec![(id(4), 1)]);
+        // The DEAD slot is not reused: the array is full until rebuilt.
+        assert_eq!(attach(&slots, id(3), 1), Attach::Full);
+    }
+
+    #[test]
+    fn frozen_slots_refuse_every_change() {
+        let slots = new_slots(&[(id(1), 4)], 3);
+        freeze(&slots);
+        assert_eq!(attach(&slots, id(2), 1), Attach::Frozen);
+        assert_eq!(attach(&slots, id(1), 9), Attach::Frozen);
+        assert_eq!(detach(&slots, id(1)), Detach::Frozen);
+        assert_eq!(live(&slots).collect::<Vec<_>>(), vec![(id(1), 4)]);
+    }
+
+    #[test]
+    fn capacity_leaves_room() {
+        assert_eq!(capacity_for(0), 2);
+        assert_eq!(capacity_for(1), 3);
+        assert_eq!(capacity_for(8), 16);
+    }
+}

@@ -1,0 +1,239 @@
+//! The two walks every request makes: a read-only descent that matches, and an insert walk that
+//! attaches the chosen tenant and adds what is missing.
+//!
+//! The descent takes no lock and writes nothing but tick refreshes: it loads child pointers
+//! (`Acquire`, pairing with the `AcqRel` CAS that published them) and compares bytes against
+//! immutable labels, so it sees each node either before or after any concurrent split, never a
+//! torn label. It remembers up to `PATH_CAPACITY` steps on the stack (no allocation).
+//!
+//! The insert walk goes down the same way and reuses those steps: at each depth where it finds
+//! the very node the descent found (by identity), it reuses the match length instead of
+//! comparing bytes again, since labels never change. Where the tree changed in between, it
+//! compares afresh. A node that is being replaced is helped to completion (see `node.rs`) and
+//! the walk continues from its parent, or from the shard root when the parent is frozen too;
+//! attaching is idempotent, so walking a prefix twice never counts it twice.
+
+use super::children::{self, Child, FROZEN_CHILDREN};
+use super::label::{common_prefix, first_char};
+use super::node::{finish_replace, Intent, Node};
+use super::tenants::{self, Attach};
+use super::Engine;
+use crate::constants::PATH_CAPACITY;
+use crate::sync::Ordering;
+use crate::tenant::TenantId;
+use crossbeam_epoch::{Guard, Owned, Shared};
+
+/// One step of a descent: the node reached and how many bytes of its label matched.
+#[derive(Clone, Copy)]
+pub(crate) struct Step {
+    pub(crate) node: *const Node,
+    pub(crate) matched: usize,
+}
+
+/// What a descent found.
+pub(crate) struct Descent {
+    steps: [Step; PATH_CAPACITY],
+    depth: usize,
+    /// Steps taken in all (may exceed `PATH_CAPACITY`).
+    pub(crate) total_depth: usize,
+    pub(crate) matched_bytes: usize,
+    pub(crate) matched_chars: usize,
+    /// The deepest node reached (fully or partly matched), if any.
+    pub(crate) deepest: *const Node,
+}
+
+impl Descent {
+    fn new() -> Self {
+        Self {
+            steps: [Step {
+                node: std::ptr::null(),
+                matched: 0,
+            }; PATH_CAPACITY],
+            depth: 0,
+            total_depth: 0,
+            matched_bytes: 0,
+            matched_chars: 0,
+            deepest: std::ptr::null(),
+        }
+    }
+
+    /// The remembered steps, shallowest first.
+    pub(crate) fn steps(&self) -> &[Step] {
+        &self.steps[..self.depth]
+    }
+
+    fn push(&mut self, step: Step) {
+        if self.depth < PATH_CAPACITY {
+            self.steps[self.depth] = step;
+            self.depth += 1;
+        }
+        self.total_depth += 1;
+        self.deepest = step.node;
+    }
+
+    /// Whether every step fitted on the stack.
+    pub(crate) fn complete(&self) -> bool {
+        self.total_depth == self.depth
+    }
+}
+
+/// Which children a descent may enter.
+#[derive(Clone, Copy)]
+pub(crate) enum Filter {
+    Any,
+    /// Only nodes `id` holds; refreshes its tick on each (the seed's `prefix_match_tenant`).
+    HeldBy(TenantId, u64),
+}
+
+impl Engine {
+    /// Matches `text` from its shard root, without locks or allocation.
+    pub(crate) fn descend(&self, text: &str, filter: Filter, guard: &Guard) -> Descent {
+        let mut d = Descent::new();
+        if text.is_empty() {
+            return d;
+        }
+        let mut node: &Node = self.root_for(text);
+        let mut pos = 0;
+        while pos < text.len() {
+            let array = node.children.load(Ordering::Acquire, guard).with_tag(0);
+            // SAFETY: loaded from a child pointer under `guard`.
+            let entries = unsafe { children::entries(array, guard) };
+            let Some(child) = children::find(entries, first_char(text, pos)) else {
+                break;
+            };
+            // SAFETY: nodes in a loaded array stay allocated while `guard` is held.
+            let next = unsafe { &*child.node };
+            if let Filter::HeldBy(id, tick) = filter {
+                if !tenants::refresh(&next.slots, id, tick) {
+                    break;
+                }
+            }
+            let k = common_prefix(next.label.as_str(), &text[pos..]);
+            if k == next.label.len() {
+                d.matched_chars += next.chars;
+            } else {
+                d.matched_chars += super::label::char_count(&next.label.as_str()[..k]);
+            }
+            d.matched_bytes += k;
+            d.push(Step {
+                node: child.node,
+                matched: k,
+            });
+            if k < next.label.len() {
+                break;
+            }
+            node = next;
+            pos += k;
+        }
+        d
+    }
+
+    /// Records `text` for tenant `id`: attaches it to every node on the path and adds a leaf or
+    /// splits an edge for the rest. Steps from a descent of the same text skip re-comparing.
+    pub(crate) fn extend(&self, text: &str, id: TenantId, tick: u64, hint: &[Step], guard: &Guard) {
+        if text.is_empty() {
+            return;
+        }
+        'restart: loop {
+            let root: &Node = self.root_for(text);
+            let mut parent: Option<&Node> = None;
+            let mut node: &Node = root;
+            let mut pos = 0;
+            let mut depth = 0;
+            while pos < text.len() {
+                let array = node.children.load(Ordering::Acquire, guard);
+                if array.tag() & FROZEN_CHILDREN != 0 {
+                    // Our current node is being replaced: help, then retry from the top.
+                    let parent = parent.expect("roots are never frozen");
+                    let _ = finish_replace(parent, Shared::from(node as *const Node), guard);
+                    continue 'restart;
+                }
+                // SAFETY: loaded from a child pointer under `guard`.
+                let entries = unsafe { children::entries(array, guard) };
+                let first = first_char(text, pos);
+                let Some(child) = children::find(entries, first) else {
+                    if self.add_leaf(node, array, entries, &text[pos..], first, id, tick, guard) {
+                        return;
+                    }
+                    continue;
+                };
+                let child_ptr: Shared<'_, Node> = Shared::from(child.node);
+                // SAFETY: nodes in a loaded array stay allocated while `guard` is held.
+                let c = unsafe { &*child.node };
+                let k = match hint.get(depth) {
+                    Some(step) if step.node == child.node => step.matched,
+                    _ => common_prefix(c.label.as_str(), &text[pos..]),
+                };
+                if k < c.label.len() {
+                    // Diverges inside the edge: split it at `k`, then retry this node.
+                    // If another intent holds it, finishing that one is what lets us retry.
+                    c.claim(Intent::Split(k));
+                    if finish_replace(node, child_ptr, guard).is_err() {
+                        continue 'restart;
+                    }
+                    continue;
+                }
+                match tenants::attach(&c.slots, id, tick) {
+                    Attach::Present => {}
+                    Attach::Attached => self.counted_attach(id, c.chars),
+                    Attach::Full | Attach::Frozen => {
+                        c.claim(Intent::Compact);
+                        if finish_replace(node, child_ptr, guard).is_err() {
+                            continue 'restart;
+                        }
+                        continue;
+                    }
+                }
+                parent = Some(node);
+                node = c;
+                pos += k;
+                depth += 1;
+            }
+            return;
+        }
+    }
+
+    /// Publishes a new leaf for `rest` under `node`; false if the child array changed first.
+    #[allow(clippy::too_many_arguments)]
+    fn add_leaf(
+        &self,
+        node: &Node,
+        array: Shared<'_, children::ChildArray>,
+        entries: &[Child],
+        rest: &str,
+        first: u32,
+        id: TenantId,
+        tick: u64,
+        guard: &Guard,
+    ) -> bool {
+        let leaf = Node::leaf(rest, id, tick);
+        let chars = leaf.chars;
+        let leaf = Owned::new(leaf).into_shared(guard);
+        let new = children::with_child(
+            entries,
+            Child {
+                first,
+                node: leaf.as_raw(),
+            },
+        );
+        match node
+            .children
+            .compare_exchange(array, new, Ordering::AcqRel, Ordering::Acquire, guard)
+        {
+            Ok(_) => {
+                if !array.is_null() {
+                    // SAFETY: replaced and unreachable; pinned readers keep it until they unpin.
+                    unsafe { guard.defer_destroy(array) };
+                }
+                self.counted_attach(id, chars);
+                true
+            }
+            Err(race) => {
+                drop(race.new);
+                // SAFETY: the leaf was never published.
+                drop(unsafe { leaf.into_owned() });
+                false
+            }
+        }
+    }
+}

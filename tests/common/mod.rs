@@ -1,0 +1,40 @@
+//! Shared test helpers: a seeded RNG and a plain sequential reference tree.
+#![allow(dead_code)]
+
+pub(crate) mod reference;
+
+/// xorshift64*: small, seeded, reproducible.
+pub(crate) struct Rng(u64);
+
+impl Rng {
+    pub(crate) fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub(crate) fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    pub(crate) fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+}
+
+/// Random text over a small alphabet with 1-, 2- and 3-byte chars, often extending `base`.
+pub(crate) fn text(rng: &mut Rng, base: Option<&str>, max_len: usize) -> String {
+    const ALPHABET: &[char] = &['a', 'b', 'c', ' ', 'é', 'ê', '你', '好'];
+    let mut s = String::new();
+    if let Some(base) = base {
+        let chars: Vec<char> = base.chars().collect();
+        let keep = rng.below(chars.len() + 1);
+        s.extend(&chars[..keep]);
+    }
+    for _ in 0..rng.below(max_len + 1) {
+        s.push(*rng.pick(ALPHABET));
+    }
+    s
+}

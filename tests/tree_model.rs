@@ -1,0 +1,113 @@
+//! Model-based test: random operation sequences against a plain sequential reference
+//! (`tests/common/reference.rs`), comparing every answer. Seeded, so failures reproduce; set
+//! `MODEL_SEEDS` to run more seeds.
+
+mod common;
+
+use cache_aware_router::{ManualClock, Tree, TreeConfig};
+use common::reference::Reference;
+use common::{text, Rng};
+
+const TENANTS: &[&str] = &["w0", "w1", "w2", "w3"];
+
+fn run(seed: u64, ops: usize, shards: usize) {
+    let mut rng = Rng::new(seed);
+    let clock = ManualClock::new();
+    let tree = Tree::with_config(TreeConfig {
+        shards,
+        clock: clock.clone().into(),
+    })
+    .unwrap();
+    let mut reference = Reference::new();
+    let mut texts: Vec<String> = vec![];
+    for step in 0..ops {
+        clock.advance(1);
+        let tick = clock.now();
+        let base = if texts.is_empty() || rng.below(4) == 0 {
+            None
+        } else {
+            Some(rng.pick(&texts).clone())
+        };
+        let t = text(&mut rng, base.as_deref(), 10);
+        let tenant = *rng.pick(TENANTS);
+        let ctx = format!("seed {seed} step {step}");
+        match rng.below(20) {
+            0..=8 => {
+                tree.insert(&t, tenant);
+                reference.insert(&t, tenant, tick);
+                texts.push(t);
+            }
+            9..=12 => {
+                let (matched, got) = tree.prefix_match(&t);
+                let m = reference.prefix_match(&t);
+                assert_eq!(matched, m.matched, "{ctx}: prefix_match({t:?})");
+                match &m.holders {
+                    Some(holders) => {
+                        assert!(holders.contains(&got), "{ctx}: {got} not in {holders:?}");
+                        reference.refresh(&m, &got, tick);
+                    }
+                    None => assert_eq!(got, reference.fallback_tenant(), "{ctx}"),
+                }
+            }
+            13..=15 => {
+                let q = if texts.is_empty() {
+                    t
+                } else {
+                    rng.pick(&texts).clone()
+                };
+                assert_eq!(
+                    tree.prefix_match_tenant(&q, tenant),
+                    reference.prefix_match_tenant(&q, tenant, tick),
+                    "{ctx}: prefix_match_tenant({q:?}, {tenant})"
+                );
+            }
+            16 | 17 => {
+                let max = rng.below(30);
+                tree.evict_tenant_by_size(max);
+                reference.evict(max);
+            }
+            18 => {
+                tree.remove_tenant(tenant);
+                reference.remove_tenant(tenant);
+            }
+            _ => assert_eq!(tree.get_smallest_tenant(), reference.smallest(), "{ctx}"),
+        }
+        assert_eq!(
+            tree.get_tenant_char_count(),
+            reference.counts(),
+            "{ctx}: counts"
+        );
+        assert_eq!(
+            tree.get_used_size_per_tenant(),
+            reference.counts(),
+            "{ctx}: walk"
+        );
+        assert_eq!(
+            tree.total_chars(),
+            reference.counts().values().sum::<usize>(),
+            "{ctx}: total"
+        );
+    }
+    // Every text, for every tenant, matches the same prefix in both.
+    clock.advance(1);
+    for t in &texts {
+        for tenant in TENANTS {
+            assert_eq!(
+                tree.prefix_match_tenant(t, tenant),
+                reference.prefix_match_tenant(t, tenant, clock.now()),
+                "seed {seed} final: {t:?} for {tenant}"
+            );
+        }
+    }
+}
+
+#[test]
+fn random_operations_match_the_reference() {
+    let seeds: u64 = std::env::var("MODEL_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
+    for seed in 0..seeds {
+        run(seed, 300, if seed % 2 == 0 { 32 } else { 1 });
+    }
+}
