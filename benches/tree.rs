@@ -39,7 +39,9 @@ fn long_prompts(c: &mut Criterion) {
             let tree = Tree::new();
             let w = tree.tenant_id("w").unwrap();
             tree.insert(&text, "w");
-            g.bench_function("match", |b| b.iter(|| black_box(tree.match_counts(black_box(&copy)))));
+            g.bench_function("match", |b| {
+                b.iter(|| black_box(tree.match_counts(black_box(&copy))))
+            });
             g.bench_function("match_and_insert_hit", |b| {
                 b.iter(|| black_box(tree.match_and_insert(black_box(&copy), |_, _| Some(w))))
             });

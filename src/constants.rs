@@ -11,11 +11,18 @@ pub(crate) const MAX_SHARDS: usize = 4096;
 
 /// Distinct tenants one tree can intern. A tenant id must fit the 15-bit field of a tenant slot
 /// (see `tree/tenants.rs`); 16,384 is far above any fleet a router fronts.
+#[cfg(not(router_loom))]
 pub(crate) const MAX_TENANTS: usize = 1 << 14;
+/// Under loom every atomic is a modelled object: keep the registry tiny.
+#[cfg(router_loom)]
+pub(crate) const MAX_TENANTS: usize = 16;
 
 /// Tenants per lazily allocated registry chunk: a tree that serves 8 workers allocates one
 /// chunk of 64 entries, not the whole 16,384.
+#[cfg(not(router_loom))]
 pub(crate) const TENANT_CHUNK: usize = 64;
+#[cfg(router_loom)]
+pub(crate) const TENANT_CHUNK: usize = 8;
 
 /// Tenant slots a new node gets beyond the tenants it starts with. A leaf is usually created for
 /// one tenant; one spare slot lets a second tenant join without rebuilding the node.

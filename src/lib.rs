@@ -21,3 +21,8 @@ pub use clock::{Clock, ManualClock};
 pub use error::TreeError;
 pub use tenant::TenantId;
 pub use tree::{EvictionStats, Holders, MatchCounts, MatchOutcome, Tree, TreeConfig};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

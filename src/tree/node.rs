@@ -221,6 +221,10 @@ fn build_successor<'g>(n: &Node, intent: Intent, guard: &'g Guard) -> Shared<'g,
         Intent::Remove if kids.is_null() && live.is_empty() => {
             Shared::null().with_tag(NO_SUCCESSOR)
         }
+        // Test-only broken variant (loom must catch it): unlink without re-checking the frozen
+        // snapshot, losing whatever an insert added after the pre-claim check.
+        #[cfg(router_loom_broken_unlink)]
+        Intent::Remove => Shared::null().with_tag(NO_SUCCESSOR),
         Intent::Split(at) => {
             let (upper_label, lower_label) = n.label.split_at(at);
             let upper_chars = char_count(upper_label.as_str());
