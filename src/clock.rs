@@ -66,11 +66,23 @@ impl Clock {
     /// The current tick, saturated to 48 bits.
     pub(crate) fn now(&self) -> u64 {
         let tick = match &self.kind {
-            ClockKind::Monotonic(start) => start.elapsed().as_millis() as u64,
+            ClockKind::Monotonic(start) => elapsed_ms(start),
             ClockKind::Manual(manual) => manual.now(),
         };
         tick.min(MAX_TICK)
     }
+}
+
+#[cfg(not(router_loom))]
+fn elapsed_ms(start: &Instant) -> u64 {
+    start.elapsed().as_millis() as u64
+}
+
+/// Under loom every execution of a model must be deterministic, and real time would feed
+/// different ticks into slot CASes on each run: the monotonic clock stands still there.
+#[cfg(router_loom)]
+fn elapsed_ms(_start: &Instant) -> u64 {
+    0
 }
 
 impl Default for Clock {

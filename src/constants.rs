@@ -39,3 +39,7 @@ pub(crate) const LINEAR_CHILD_SCAN: usize = 8;
 /// Eviction passes a single `evict` call makes when concurrent splits keep it from reaching the
 /// budget in one pass (a node it picked was replaced under it).
 pub(crate) const EVICTION_PASSES: usize = 4;
+
+/// An eviction pass trims a tree over its budget to `budget - budget / 16`, not to the budget
+/// itself, so the next few inserts do not push it straight back over and wake the evictor again.
+pub(crate) const EVICTION_HEADROOM_DIVISOR: usize = 16;

@@ -36,3 +36,29 @@ impl fmt::Display for TreeError {
 }
 
 impl std::error::Error for TreeError {}
+
+/// Why the native API could not route a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteError {
+    /// No worker was ever registered for this model.
+    UnknownModel(String),
+    /// Every worker of the model is unhealthy or removed.
+    NoHealthyWorker(String),
+}
+
+impl fmt::Display for RouteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RouteError::UnknownModel(m) => write!(
+                f,
+                "no worker is registered for model {m:?}: register one with CacheAwarePolicy::register_worker (\"\" and \"unknown\" mean the default model)"
+            ),
+            RouteError::NoHealthyWorker(m) => write!(
+                f,
+                "every worker of model {m:?} is unhealthy or removed: mark one healthy or add a worker"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for RouteError {}

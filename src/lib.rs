@@ -12,15 +12,26 @@
 
 mod clock;
 mod constants;
+mod cow;
 mod error;
+mod evictor;
+mod metrics;
+mod policy;
 mod sync;
 mod tenant;
 mod tree;
+mod worker;
 
 pub use clock::{Clock, ManualClock};
-pub use error::TreeError;
+pub use error::{RouteError, TreeError};
+pub use metrics::{MetricsSnapshot, WorkerStats};
+pub use policy::{
+    get_healthy_worker_indices, CacheAwareConfig, CacheAwarePolicy, CacheAwarePolicyBuilder,
+    ConfigError, LoadBalancingPolicy, MissRule,
+};
 pub use tenant::TenantId;
 pub use tree::{EvictionStats, Holders, MatchCounts, MatchOutcome, Tree, TreeConfig};
+pub use worker::{BasicWorker, BasicWorkerBuilder, LoadTicket, Worker, WorkerType};
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

@@ -1,18 +1,18 @@
-//! The main job, for now a short demonstration: a few threads route a shared-prefix workload
-//! through one tree and print what the tree learned. (The trace-replaying simulator replaces it.)
+//! The main job, for now a short demonstration: two threads route a shared-prefix workload
+//! through the cache-aware policy and print what it decided. (The trace-replaying simulator
+//! replaces it.)
 
-use cache_aware_router::Tree;
+use cache_aware_router::{BasicWorkerBuilder, CacheAwareConfig, CacheAwarePolicy};
+use std::sync::Arc;
 use std::thread;
 use std::time::Instant;
 
-fn main() {
-    let tree = Tree::new();
-    let workers: Vec<_> = (0..4)
-        .map(|i| {
-            tree.tenant_id(&format!("http://worker-{i}:8000"))
-                .expect("4 tenants fit")
-        })
-        .collect();
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let policy = CacheAwarePolicy::try_with_config(CacheAwareConfig::default())?;
+    for i in 0..4 {
+        let url = format!("http://worker-{i}:8000");
+        policy.register_worker(Arc::new(BasicWorkerBuilder::new(url).build()))?;
+    }
     let prompts: Vec<String> = (0..8)
         .flat_map(|group| {
             let system = format!("system prompt {group}: ").repeat(40);
@@ -22,17 +22,10 @@ fn main() {
     let start = Instant::now();
     thread::scope(|s| {
         for t in 0..2 {
-            let (tree, workers, prompts) = (&tree, &workers, &prompts);
+            let (policy, prompts) = (&policy, &prompts);
             s.spawn(move || {
-                for (i, p) in prompts.iter().enumerate().skip(t).step_by(2) {
-                    // Follow the cache when most of the prompt matched; otherwise spread.
-                    tree.match_and_insert(p, |counts, holders| {
-                        holders
-                            .iter()
-                            .next()
-                            .filter(|_| counts.ratio() > 0.5)
-                            .or(Some(workers[i % workers.len()]))
-                    });
+                for p in prompts.iter().skip(t).step_by(2) {
+                    let _ticket = policy.route("", p).expect("healthy workers");
                 }
             });
         }
@@ -44,10 +37,16 @@ fn main() {
         elapsed,
         elapsed.as_nanos() as f64 / prompts.len() as f64
     );
-    let mut sizes: Vec<_> = tree.get_tenant_char_count().into_iter().collect();
-    sizes.sort();
-    for (worker, chars) in sizes {
-        println!("{worker:>24}: {chars:>7} chars cached");
+    let m = policy.metrics();
+    println!(
+        "cache hits {}, misses {}, load-balancing events {}",
+        m.cache_hits, m.cache_misses, m.load_balancing_events
+    );
+    for w in &m.workers {
+        println!(
+            "{:>24}: {:>3} routed, {:>6} chars cached",
+            w.url, w.routed, w.cached_chars
+        );
     }
-    println!("tree total: {} chars", tree.total_chars());
+    Ok(())
 }

@@ -10,8 +10,14 @@
 pub(crate) use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 #[cfg(not(router_loom))]
 pub(crate) use std::sync::Arc;
+#[cfg(not(router_loom))]
+pub(crate) use std::thread;
 
 #[cfg(router_loom)]
 pub(crate) use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 #[cfg(router_loom)]
 pub(crate) use loom::sync::Arc;
+#[cfg(router_loom)]
+pub(crate) use loom::sync::{Condvar, Mutex};
+#[cfg(router_loom)]
+pub(crate) use loom::thread;

@@ -16,7 +16,7 @@ use crate::sync::Ordering;
 use crate::tenant::TenantId;
 use crossbeam_epoch::{self as epoch, Guard, Shared};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 
 /// What an eviction did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -37,6 +37,15 @@ struct Seen<'g> {
 }
 
 impl Engine {
+    pub(crate) fn total_chars(&self) -> usize {
+        let raw = self.total.load(Ordering::Relaxed);
+        if raw > isize::MAX as usize {
+            0
+        } else {
+            raw
+        }
+    }
+
     /// Every non-root node, parents before children, children in first-char order.
     fn collect<'g>(&'g self, guard: &'g Guard) -> Vec<Seen<'g>> {
         let mut out = Vec::new();
@@ -107,43 +116,64 @@ impl Engine {
             let guard = epoch::pin();
             let seen = self.collect(&guard);
             for id in over {
-                self.evict_one(id, max_chars, &seen, &mut stats, &guard);
+                let done = || self.registry.chars(id) <= max_chars;
+                self.evict_lru(&[id], done, &seen, &mut stats, &guard);
             }
         }
         stats
     }
 
-    /// Detaches `id` from its least recently used leaves until it holds at most `max_chars`.
-    fn evict_one<'g>(
+    /// Detaches tenants from their least recently used leaves, all tenants in one LRU order,
+    /// until the tree-wide total is at most `max_total`.
+    pub(crate) fn evict_to_total(&self, max_total: usize) -> EvictionStats {
+        let mut stats = EvictionStats::default();
+        for _ in 0..EVICTION_PASSES {
+            if self.total_chars() <= max_total {
+                break;
+            }
+            let ids: Vec<TenantId> = self.registry.ids().collect();
+            let guard = epoch::pin();
+            let seen = self.collect(&guard);
+            let done = || self.total_chars() <= max_total;
+            self.evict_lru(&ids, done, &seen, &mut stats, &guard);
+        }
+        stats
+    }
+
+    /// Pops (tenant, leaf) pairs of `ids` in least-recently-used order, detaching each, until
+    /// `done()`. A node is a leaf for a tenant when the tenant holds it and no child does; when a
+    /// detach leaves the parent such a leaf, the parent joins the queue.
+    fn evict_lru<'g>(
         &self,
-        id: TenantId,
-        max_chars: usize,
+        ids: &[TenantId],
+        done: impl Fn() -> bool,
         seen: &[Seen<'g>],
         stats: &mut EvictionStats,
         guard: &'g Guard,
     ) {
-        // A node is a leaf for `id` when `id` holds it and no child of it does.
-        let mut child_holds = vec![false; seen.len()];
+        let wanted = |id: TenantId| ids.contains(&id);
+        let mut child_holds: HashSet<(usize, TenantId)> = HashSet::new();
         for s in seen {
-            // SAFETY: loaded under `guard`.
-            if let (Some(p), true) = (
-                s.parent,
-                tenants::holds(unsafe { &s.node.deref().slots }, id),
-            ) {
-                child_holds[p] = true;
+            if let Some(p) = s.parent {
+                // SAFETY: loaded under `guard`.
+                for (id, _) in tenants::live(unsafe { &s.node.deref().slots }) {
+                    if wanted(id) {
+                        child_holds.insert((p, id));
+                    }
+                }
             }
         }
         let mut heap = BinaryHeap::new();
         for (i, s) in seen.iter().enumerate() {
             // SAFETY: loaded under `guard`.
-            if let Some(tick) = tenants::tick(unsafe { &s.node.deref().slots }, id) {
-                if !child_holds[i] {
-                    heap.push(Reverse((tick, i)));
+            for (id, tick) in tenants::live(unsafe { &s.node.deref().slots }) {
+                if wanted(id) && !child_holds.contains(&(i, id)) {
+                    heap.push(Reverse((tick, i, id)));
                 }
             }
         }
-        while self.registry.chars(id) > max_chars {
-            let Some(Reverse((_, i))) = heap.pop() else {
+        while !done() {
+            let Some(Reverse((_, i, id))) = heap.pop() else {
                 break;
             };
             // SAFETY: loaded under `guard`.
@@ -157,13 +187,12 @@ impl Engine {
             if self.unlink_if_empty(seen, i, guard) {
                 stats.nodes_removed += 1;
             }
-            // The parent may now be a leaf for `id`.
             if let Some(p) = seen[i].parent {
                 // SAFETY: loaded under `guard`.
                 let parent = unsafe { seen[p].node.deref() };
                 if let Some(tick) = tenants::tick(&parent.slots, id) {
                     if !any_child_holds(parent, id, guard) {
-                        heap.push(Reverse((tick, p)));
+                        heap.push(Reverse((tick, p, id)));
                     }
                 }
             }

@@ -252,12 +252,7 @@ impl Tree {
     /// Chars stored for all tenants together (a node held by two tenants counts twice): one
     /// atomic load. Exact whenever no insert, eviction or removal is in flight.
     pub fn total_chars(&self) -> usize {
-        let raw = self.engine.total.load(Ordering::Relaxed);
-        if raw > isize::MAX as usize {
-            0
-        } else {
-            raw
-        }
+        self.engine.total_chars()
     }
 
     /// Chars stored for one tenant (0 for an unknown id).
@@ -277,6 +272,12 @@ impl Tree {
     /// inserts without stopping them.
     pub fn evict_tenants_over(&self, max_chars: usize) -> EvictionStats {
         self.engine.evict_tenants_over(max_chars)
+    }
+
+    /// Detaches tenants from their least recently used leaves, all tenants in one LRU order,
+    /// until the whole tree holds at most `max_total` chars: the per-tree budget.
+    pub fn evict_to_total(&self, max_total: usize) -> EvictionStats {
+        self.engine.evict_to_total(max_total)
     }
 
     // ----- seed-compatible API -----

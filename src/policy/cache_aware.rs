@@ -1,0 +1,534 @@
+//! The cache-aware policy: the seed's behaviour on the lock-free tree.
+//!
+//! One request's path: load the tables (epoch, no lock) → find each worker's tenant id by its
+//! `Arc` address (no URL comparison) → one tree descent that matches, lets the rule choose, and
+//! inserts → worker index (→ load ticket on the native API). The tables are copied on write, so
+//! registrations never stop routing; see `models.rs` and `cow.rs`.
+
+use super::config::{CacheAwareConfig, ConfigError, MissRule};
+use super::models::{tree_key, ModelState, Registered, Tables};
+use super::LoadBalancingPolicy;
+use crate::cow::CowCell;
+use crate::error::RouteError;
+use crate::evictor::{Evictor, Housekeeper, Waker};
+use crate::metrics::{Counters, MetricsSnapshot, WorkerStats};
+use crate::sync::Ordering;
+use crate::tenant::TenantId;
+use crate::tree::EvictionStats;
+use crate::worker::{LoadTicket, Worker};
+use crossbeam_epoch as epoch;
+use std::any::Any;
+use std::cell::Cell;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Routes by prefix-cache affinity while load is balanced, by load when it is not (the seed's
+/// `CacheAwarePolicy`), over per-model lock-free trees, with an evictor thread that stops when
+/// the policy is dropped.
+pub struct CacheAwarePolicy {
+    shared: Arc<Shared>,
+    evictor: Option<Evictor>,
+}
+
+/// Builds a [`CacheAwarePolicy`] with options beyond the seed's config.
+#[derive(Debug, Clone, Default)]
+pub struct CacheAwarePolicyBuilder {
+    config: CacheAwareConfig,
+    miss_rule: MissRule,
+}
+
+impl CacheAwarePolicyBuilder {
+    /// The seed's configuration.
+    pub fn config(mut self, config: CacheAwareConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// How misses are routed (default: least loaded, random ties).
+    pub fn miss_rule(mut self, rule: MissRule) -> Self {
+        self.miss_rule = rule;
+        self
+    }
+
+    /// The policy; fails on an invalid config or if the evictor thread cannot start.
+    pub fn build(self) -> Result<CacheAwarePolicy, ConfigError> {
+        self.config.validate()?;
+        let interval = self.config.eviction_interval_secs;
+        let (waker, mailbox) = Evictor::channel();
+        let shared = Arc::new(Shared {
+            config: self.config,
+            miss_rule: self.miss_rule,
+            tables: CowCell::new(Tables::default()),
+            counters: Counters::new(),
+            waker: (interval > 0).then_some(waker),
+        });
+        let evictor = if interval > 0 {
+            let target: Arc<dyn Housekeeper> = shared.clone();
+            Some(
+                Evictor::spawn(target, Duration::from_secs(interval), mailbox)
+                    .map_err(|e| ConfigError::EvictorSpawn(e.to_string()))?,
+            )
+        } else {
+            None
+        };
+        Ok(CacheAwarePolicy { shared, evictor })
+    }
+}
+
+struct Shared {
+    config: CacheAwareConfig,
+    miss_rule: MissRule,
+    tables: CowCell<Tables>,
+    counters: Counters,
+    waker: Option<Waker>,
+}
+
+thread_local! {
+    static RNG: Cell<u64> = Cell::new({
+        // Seeded per thread from a stack address: ties only need to spread, not be secret.
+        let local = 0u8;
+        (&local as *const u8 as u64) | 1
+    });
+}
+
+/// A uniform draw in `0..n` (xorshift64*), for breaking ties.
+fn draw(n: u64) -> u64 {
+    RNG.with(|r| {
+        let mut x = r.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        r.set(x);
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+    })
+}
+
+impl Shared {
+    /// The rule: over the eligible candidates `cand(0..n)` of `model`, pick by load when
+    /// imbalanced, by cache when the match ratio clears the threshold, else by the miss rule;
+    /// record `text` for the pick in the same descent. `(index, cache hit)`.
+    fn decide<'a>(
+        &self,
+        model: &ModelState,
+        n: usize,
+        cand: impl Fn(usize) -> Option<(&'a dyn Worker, TenantId)>,
+        text: &str,
+    ) -> Option<(usize, bool)> {
+        let (mut min, mut max, mut ties) = (usize::MAX, 0, 0u64);
+        let (mut random_least, mut first_least) = (None, 0);
+        for i in 0..n {
+            let Some((worker, _)) = cand(i) else { continue };
+            let load = worker.load();
+            max = max.max(load);
+            if load < min {
+                (min, ties, first_least, random_least) = (load, 1, i, Some(i));
+            } else if load == min {
+                ties += 1;
+                if draw(ties) == 0 {
+                    random_least = Some(i);
+                }
+            }
+        }
+        let least = match self.miss_rule {
+            MissRule::LeastLoaded => random_least?,
+            MissRule::SmallestTree => random_least.map(|_| first_least)?,
+        };
+        let imbalanced = self.config.is_imbalanced(max, min);
+        let threshold = self.config.cache_threshold;
+        let (mut chosen, mut hit) = (least, false);
+        model.tree.match_and_insert(text, |counts, holders| {
+            if !imbalanced && counts.ratio() > threshold {
+                // Among the eligible workers holding the matched prefix, the least loaded.
+                let mut best: Option<(usize, usize)> = None;
+                for holder in holders.iter() {
+                    for i in 0..n {
+                        if let Some((worker, tenant)) = cand(i) {
+                            let load = worker.load();
+                            if tenant == holder && best.is_none_or(|(l, _)| load < l) {
+                                best = Some((load, i));
+                            }
+                        }
+                    }
+                }
+                if let Some((_, i)) = best {
+                    (chosen, hit) = (i, true);
+                }
+            }
+            cand(chosen).map(|(_, tenant)| tenant)
+        });
+        let c = &self.counters;
+        if imbalanced {
+            c.load_balancing_events.add(1);
+        } else if hit {
+            c.cache_hits.add(1);
+        } else {
+            c.cache_misses.add(1);
+        }
+        self.note_growth(model);
+        Some((chosen, hit))
+    }
+
+    /// Wakes the evictor once when `model`'s tree crosses its budget (one atomic load when not).
+    fn note_growth(&self, model: &ModelState) {
+        if let Some(waker) = &self.waker {
+            if model.tree.total_chars() > self.config.max_tree_size
+                && !model.wake_pending.load(Ordering::Relaxed)
+                && !model.wake_pending.swap(true, Ordering::Relaxed)
+            {
+                waker.wake();
+            }
+        }
+    }
+
+    /// Registers workers `select_worker` sees for the first time.
+    fn register_unseen(&self, workers: &[Arc<dyn Worker>]) {
+        self.tables.update(|t| {
+            for w in workers {
+                if t.find(w).is_none() {
+                    let model = t.model_or_insert(tree_key(w.model_id()));
+                    if let Ok(tenant) = model.tree.tenant_id(w.url()) {
+                        t.insert(Registered {
+                            worker: w.clone(),
+                            model,
+                            tenant,
+                        });
+                    }
+                }
+            }
+        });
+    }
+
+    /// Registers `worker` for both APIs and clears its removal.
+    fn register(&self, worker: &Arc<dyn Worker>) -> Result<(), crate::TreeError> {
+        self.tables.update(|t| {
+            let model = t.model_or_insert(tree_key(worker.model_id()));
+            let tenant = model.tree.tenant_id(worker.url())?;
+            model.set_removed(tenant, false);
+            let entry = Registered {
+                worker: worker.clone(),
+                model,
+                tenant,
+            };
+            t.insert(entry.clone());
+            t.add_native(entry);
+            Ok(())
+        })
+    }
+
+    /// For a slice that spans several models (the seed's cross-model rule): the model with the
+    /// best match ratio if it clears the threshold, else the one with the smallest tree.
+    fn pick_model<'g>(
+        &self,
+        tables: &'g Tables,
+        eligible: impl Fn(&ModelState) -> bool,
+        text: &str,
+    ) -> Option<&'g Arc<ModelState>> {
+        let candidates = || tables.models.iter().filter(|m| eligible(m));
+        let best = candidates()
+            .map(|m| (m.tree.match_counts(text).ratio(), m))
+            .fold(None, |best: Option<(f32, _)>, (r, m)| match best {
+                Some((b, _)) if b >= r => best,
+                _ => Some((r, m)),
+            });
+        match best {
+            Some((r, m)) if r > self.config.cache_threshold => Some(m),
+            _ => candidates().min_by_key(|m| m.tree.total_chars()),
+        }
+    }
+
+    fn evict_pass(&self) -> EvictionStats {
+        let models: Vec<Arc<ModelState>> = {
+            let guard = epoch::pin();
+            self.tables.load(&guard).models.clone()
+        };
+        let budget = self.config.max_tree_size;
+        let target = budget - budget / crate::constants::EVICTION_HEADROOM_DIVISOR;
+        let mut total = EvictionStats::default();
+        for m in models {
+            m.wake_pending.store(false, Ordering::Relaxed);
+            if m.tree.total_chars() > budget {
+                let s = m.tree.evict_to_total(target);
+                total.detached += s.detached;
+                total.chars_freed += s.chars_freed;
+                total.nodes_removed += s.nodes_removed;
+            }
+        }
+        self.record(total);
+        total
+    }
+
+    fn record(&self, s: EvictionStats) {
+        let c = &self.counters;
+        c.evicted_chars.fetch_add(s.chars_freed, Ordering::Relaxed);
+        c.evicted_nodes
+            .fetch_add(s.nodes_removed, Ordering::Relaxed);
+        // Last, with Release: a snapshot that sees this pass counted sees its effects.
+        c.eviction_passes.fetch_add(1, Ordering::Release);
+    }
+}
+
+impl Housekeeper for Shared {
+    fn run_pass(&self) {
+        self.evict_pass();
+    }
+}
+
+impl CacheAwarePolicy {
+    /// The policy with the default configuration (starts the evictor thread).
+    pub fn new() -> Self {
+        Self::with_config(CacheAwareConfig::default())
+    }
+
+    /// The seed's constructor. Panics, with the message of [`ConfigError`], if `config` is
+    /// invalid; use [`CacheAwarePolicy::try_with_config`] to get the error instead.
+    pub fn with_config(config: CacheAwareConfig) -> Self {
+        Self::try_with_config(config).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The policy, or why `config` cannot be used.
+    pub fn try_with_config(config: CacheAwareConfig) -> Result<Self, ConfigError> {
+        Self::builder().config(config).build()
+    }
+
+    /// A builder for options beyond the seed's config.
+    pub fn builder() -> CacheAwarePolicyBuilder {
+        CacheAwarePolicyBuilder::default()
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &CacheAwareConfig {
+        &self.shared.config
+    }
+
+    // ----- seed API -----
+
+    /// Registers `workers` (each in its model's tree); workers removed before are routable
+    /// again. Past 16,384 workers in one model, the extra ones are skipped.
+    pub fn init_workers(&self, workers: &[Arc<dyn Worker>]) {
+        for w in workers {
+            let _ = self.shared.register(w);
+        }
+    }
+
+    /// Adds one worker's URL to its model's tree (routable again if it was removed).
+    pub fn add_worker(&self, worker: &dyn Worker) {
+        self.add_worker_by_url(worker.url(), worker.model_id());
+    }
+
+    /// Adds `url` to the tree of `model_id` (`""`/`"unknown"`: the default model).
+    pub fn add_worker_by_url(&self, url: &str, model_id: &str) {
+        self.shared.tables.update(|t| {
+            let model = t.model_or_insert(tree_key(model_id));
+            if let Ok(tenant) = model.tree.tenant_id(url) {
+                model.set_removed(tenant, false);
+            }
+        });
+    }
+
+    /// Removes a worker from its model's tree; it is not routed to until added again.
+    /// Unknown workers and removing twice are no-ops.
+    pub fn remove_worker(&self, worker: &dyn Worker) {
+        self.remove(worker.url(), Some(tree_key(worker.model_id())));
+    }
+
+    /// Removes `url` from every model's tree.
+    pub fn remove_worker_by_url(&self, url: &str) {
+        self.remove(url, None);
+    }
+
+    fn remove(&self, url: &str, model: Option<&str>) {
+        self.shared.tables.update(|t| {
+            let models: Vec<Arc<ModelState>> = t
+                .models
+                .iter()
+                .filter(|m| model.is_none_or(|name| &*m.name == name))
+                .cloned()
+                .collect();
+            for m in models {
+                if let Some(tenant) = m.tree.lookup_tenant(url) {
+                    m.set_removed(tenant, true);
+                    let _ = m.tree.remove_tenant_id(tenant);
+                    t.forget(url, Some(&m));
+                }
+            }
+        });
+    }
+
+    /// The seed's eviction: every worker over `max_size` chars, in every tree, loses its least
+    /// recently used leaves until it is within the limit.
+    pub fn evict_cache(&self, max_size: usize) {
+        let models = {
+            let guard = epoch::pin();
+            self.shared.tables.load(&guard).models.clone()
+        };
+        let mut total = EvictionStats::default();
+        for m in models {
+            let s = m.tree.evict_tenants_over(max_size);
+            total.chars_freed += s.chars_freed;
+            total.nodes_removed += s.nodes_removed;
+        }
+        self.shared.record(total);
+    }
+
+    // ----- native API -----
+
+    /// Registers a worker for [`CacheAwarePolicy::route`] (and the seed API); routable again if
+    /// it was removed.
+    pub fn register_worker(&self, worker: Arc<dyn Worker>) -> Result<(), crate::TreeError> {
+        self.shared.register(&worker)
+    }
+
+    /// Routes a request for `model` (`""`/`"unknown"`: the default model) with prompt `text`
+    /// among the registered workers: one lock-free descent, no allocation. The ticket holds one
+    /// unit of the worker's load until it is dropped.
+    pub fn route(&self, model: &str, text: &str) -> Result<LoadTicket, RouteError> {
+        let key = tree_key(model);
+        let guard = epoch::pin();
+        let tables = self.shared.tables.load(&guard);
+        let Some(m) = tables.model(key) else {
+            return Err(RouteError::UnknownModel(key.to_string()));
+        };
+        let list = tables.native_of(m);
+        let cand = |i: usize| {
+            list.get(i)
+                .filter(|r| r.is_eligible())
+                .map(|r| (&*r.worker, r.tenant))
+        };
+        let Some((index, hit)) = self.shared.decide(m, list.len(), cand, text) else {
+            self.shared.counters.no_worker.add(1);
+            return Err(RouteError::NoHealthyWorker(key.to_string()));
+        };
+        let worker = &list[index].worker;
+        worker.increment_processed();
+        Ok(LoadTicket::new(worker.clone(), index, hit))
+    }
+
+    /// One eviction pass now, as the evictor thread runs it: every model tree over
+    /// `max_tree_size` is trimmed, least recently used first, to 15/16 of it.
+    pub fn run_eviction(&self) -> EvictionStats {
+        self.shared.evict_pass()
+    }
+
+    /// The counters, per-worker load and tree sizes at this moment.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        let c = &self.shared.counters;
+        // First, with Acquire (pairs with `record`): everything the counted passes did (tree
+        // sizes, evicted counts) is visible to the loads below.
+        let eviction_passes = c.eviction_passes.load(Ordering::Acquire);
+        let guard = epoch::pin();
+        let tables = self.shared.tables.load(&guard);
+        let mut workers: Vec<WorkerStats> = Vec::new();
+        for (_, r) in &tables.by_key {
+            if workers
+                .iter()
+                .any(|s| s.url == r.worker.url() && s.model == *r.model.name)
+            {
+                continue;
+            }
+            workers.push(WorkerStats {
+                url: r.worker.url().to_string(),
+                model: r.model.name.to_string(),
+                in_flight: r.worker.load(),
+                routed: r.worker.processed_requests(),
+                healthy: r.worker.is_healthy(),
+                cached_chars: r.model.tree.tenant_chars(r.tenant),
+            });
+        }
+        workers.sort_by(|a, b| (&a.model, &a.url).cmp(&(&b.model, &b.url)));
+        MetricsSnapshot {
+            cache_hits: c.cache_hits.get(),
+            cache_misses: c.cache_misses.get(),
+            load_balancing_events: c.load_balancing_events.get(),
+            no_worker: c.no_worker.get(),
+            eviction_passes,
+            evicted_chars: c.evicted_chars.load(Ordering::Relaxed),
+            evicted_nodes: c.evicted_nodes.load(Ordering::Relaxed),
+            tree_chars: tables
+                .models
+                .iter()
+                .map(|m| (m.name.to_string(), m.tree.total_chars()))
+                .collect(),
+            workers,
+        }
+    }
+}
+
+impl LoadBalancingPolicy for CacheAwarePolicy {
+    /// Workers seen for the first time are registered in their model's tree. Unhealthy and
+    /// removed workers are never returned; `None` when no other worker is left. `None` text is
+    /// routed like an empty one (a miss).
+    fn select_worker(
+        &self,
+        workers: &[Arc<dyn Worker>],
+        request_text: Option<&str>,
+    ) -> Option<usize> {
+        let shared = &self.shared;
+        let guard = epoch::pin();
+        let mut tables = shared.tables.load(&guard);
+        if workers.iter().any(|w| tables.find(w).is_none()) {
+            shared.register_unseen(workers);
+            tables = shared.tables.load(&guard);
+        }
+        let entry = |i: usize| tables.find(&workers[i]).filter(|r| r.is_eligible());
+        let mut model: Option<&Arc<ModelState>> = None;
+        let mut several = false;
+        for i in 0..workers.len() {
+            if let Some(r) = entry(i) {
+                match model {
+                    None => model = Some(&r.model),
+                    Some(m) if !Arc::ptr_eq(m, &r.model) => several = true,
+                    Some(_) => {}
+                }
+            }
+        }
+        let text = request_text.unwrap_or("");
+        if several {
+            let eligible = |m: &ModelState| {
+                (0..workers.len()).any(|i| entry(i).is_some_and(|r| std::ptr::eq(&*r.model, m)))
+            };
+            model = shared.pick_model(tables, eligible, text);
+        }
+        let Some(model) = model else {
+            shared.counters.no_worker.add(1);
+            return None;
+        };
+        let cand = |i: usize| {
+            entry(i)
+                .filter(|r| Arc::ptr_eq(&r.model, model))
+                .map(|r| (&*r.worker, r.tenant))
+        };
+        let (index, _) = shared.decide(model, workers.len(), cand, text)?;
+        workers[index].increment_processed();
+        Some(index)
+    }
+
+    fn name(&self) -> &'static str {
+        "cache_aware"
+    }
+
+    fn needs_request_text(&self) -> bool {
+        true
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+impl Default for CacheAwarePolicy {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for CacheAwarePolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheAwarePolicy")
+            .field("config", &self.shared.config)
+            .field("miss_rule", &self.shared.miss_rule)
+            .field("tables", &self.shared.tables)
+            .field("evictor", &self.evictor)
+            .finish()
+    }
+}

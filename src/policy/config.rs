@@ -1,0 +1,157 @@
+//! The cache-aware policy's configuration and its validation.
+
+use std::fmt;
+
+/// What a miss (match ratio at or below `cache_threshold`) is routed by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MissRule {
+    /// The least-loaded healthy worker, ties broken at random (default): spreads misses over
+    /// idle workers.
+    #[default]
+    LeastLoaded,
+    /// The seed's rule: the least-loaded worker of the model with the smallest tree, first on
+    /// ties. At low load it sends every miss to the same worker.
+    SmallestTree,
+}
+
+/// The seed's configuration, same fields. Defaults are the SGLang router's command-line
+/// defaults: threshold 0.3, imbalance when `max - min > 64` and `max > 1.5 * min`, eviction
+/// every 120 s, 2^26 chars per model tree.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheAwareConfig {
+    /// Match ratio (matched chars / request chars) above which the matching worker is chosen.
+    /// In `[0, 1]`.
+    pub cache_threshold: f32,
+    /// Imbalance needs `max_load - min_load` above this.
+    pub balance_abs_threshold: usize,
+    /// Imbalance also needs `max_load > min_load * balance_rel_threshold`. At least 1.
+    pub balance_rel_threshold: f32,
+    /// Seconds between eviction passes; 0 starts no evictor thread.
+    pub eviction_interval_secs: u64,
+    /// Chars one model's tree may hold, summed over workers (a node cached by two workers
+    /// counts twice). The evictor keeps each tree under it; inserts that cross it wake the
+    /// evictor early. (The seed applied it per worker; `evict_cache` keeps that meaning.)
+    pub max_tree_size: usize,
+}
+
+impl Default for CacheAwareConfig {
+    fn default() -> Self {
+        Self {
+            cache_threshold: 0.3,
+            balance_abs_threshold: 64,
+            balance_rel_threshold: 1.5,
+            eviction_interval_secs: 120,
+            max_tree_size: 1 << 26,
+        }
+    }
+}
+
+/// A configuration value the policy cannot work with.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ConfigError {
+    /// `cache_threshold` was NaN or outside `[0, 1]`.
+    CacheThreshold(f32),
+    /// `balance_rel_threshold` was NaN or below 1.
+    BalanceRelThreshold(f32),
+    /// `max_tree_size` was 0.
+    MaxTreeSize,
+    /// The evictor thread could not be started (the OS refused a thread).
+    EvictorSpawn(String),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::CacheThreshold(v) => write!(
+                f,
+                "invalid CacheAwareConfig::cache_threshold {v}: it is a match ratio, set it between 0.0 and 1.0"
+            ),
+            ConfigError::BalanceRelThreshold(v) => write!(
+                f,
+                "invalid CacheAwareConfig::balance_rel_threshold {v}: it compares max load to min load, set it to 1.0 or more"
+            ),
+            ConfigError::MaxTreeSize => write!(
+                f,
+                "invalid CacheAwareConfig::max_tree_size 0: a tree must be allowed at least 1 char"
+            ),
+            ConfigError::EvictorSpawn(e) => write!(
+                f,
+                "could not start the evictor thread ({e}): raise the process's thread limit, or set eviction_interval_secs to 0 and call run_eviction yourself"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl CacheAwareConfig {
+    /// Checks every field; the error names the first bad one and what to set it to.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(0.0..=1.0).contains(&self.cache_threshold) {
+            return Err(ConfigError::CacheThreshold(self.cache_threshold));
+        }
+        if self.balance_rel_threshold.is_nan() || self.balance_rel_threshold < 1.0 {
+            return Err(ConfigError::BalanceRelThreshold(self.balance_rel_threshold));
+        }
+        if self.max_tree_size == 0 {
+            return Err(ConfigError::MaxTreeSize);
+        }
+        Ok(())
+    }
+
+    /// The seed's imbalance rule: `(max - min) > abs && max > min * rel`.
+    pub(crate) fn is_imbalanced(&self, max: usize, min: usize) -> bool {
+        max.saturating_sub(min) > self.balance_abs_threshold
+            && (max as f32) > (min as f32) * self.balance_rel_threshold
+    }
+}
+
+#[cfg(all(test, not(router_loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_names_the_field() {
+        assert!(CacheAwareConfig::default().validate().is_ok());
+        for bad in [f32::NAN, -0.1, 1.5] {
+            let c = CacheAwareConfig {
+                cache_threshold: bad,
+                ..Default::default()
+            };
+            let err = c.validate().unwrap_err();
+            assert!(err.to_string().contains("cache_threshold"));
+        }
+        let c = CacheAwareConfig {
+            balance_rel_threshold: 0.5,
+            ..Default::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("balance_rel_threshold"));
+        let c = CacheAwareConfig {
+            balance_rel_threshold: f32::NAN,
+            ..Default::default()
+        };
+        assert!(c.validate().is_err());
+        let c = CacheAwareConfig {
+            max_tree_size: 0,
+            ..Default::default()
+        };
+        assert_eq!(c.validate(), Err(ConfigError::MaxTreeSize));
+    }
+
+    #[test]
+    fn imbalance_rule_is_the_seeds() {
+        let c = CacheAwareConfig {
+            balance_abs_threshold: 5,
+            balance_rel_threshold: 2.0,
+            ..Default::default()
+        };
+        assert!(c.is_imbalanced(20, 0));
+        assert!(!c.is_imbalanced(5, 0), "difference must exceed abs");
+        assert!(!c.is_imbalanced(20, 10), "max must exceed min * rel");
+        assert!(c.is_imbalanced(21, 10));
+    }
+}

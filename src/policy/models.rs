@@ -1,0 +1,174 @@
+//! Per-model routing state: the tree, the registered workers and the removed set, plus the
+//! table that maps a caller's `Arc<dyn Worker>` to its model and tenant id without comparing
+//! URLs.
+//!
+//! The removed set is a bitset over tenant ids (`Relaxed`: a flag read on its own). A worker
+//! removed from a tree stays excluded from routing until it is added again explicitly, even if
+//! a caller keeps passing it to `select_worker`.
+
+use crate::constants::MAX_TENANTS;
+use crate::sync::{AtomicBool, AtomicU64, Ordering};
+use crate::tenant::TenantId;
+use crate::tree::Tree;
+use crate::worker::Worker;
+use std::fmt;
+use std::sync::Arc;
+
+/// The tree key for a worker's model: `""` and `"unknown"` are the default model.
+pub(crate) fn tree_key(model_id: &str) -> &str {
+    if model_id.is_empty() || model_id == "unknown" {
+        "default"
+    } else {
+        model_id
+    }
+}
+
+pub(crate) struct ModelState {
+    pub(crate) name: Box<str>,
+    pub(crate) tree: Tree,
+    removed: Box<[AtomicU64]>,
+    /// Set by the request that first sees the tree over budget; cleared by the evictor's pass.
+    pub(crate) wake_pending: AtomicBool,
+}
+
+impl ModelState {
+    pub(crate) fn new(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            tree: Tree::new(),
+            removed: (0..MAX_TENANTS.div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            wake_pending: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn is_removed(&self, id: TenantId) -> bool {
+        let (word, bit) = (id.index() / 64, id.index() % 64);
+        self.removed[word].load(Ordering::Relaxed) & (1 << bit) != 0
+    }
+
+    pub(crate) fn set_removed(&self, id: TenantId, removed: bool) {
+        let (word, bit) = (id.index() / 64, id.index() % 64);
+        if removed {
+            self.removed[word].fetch_or(1 << bit, Ordering::Relaxed);
+        } else {
+            self.removed[word].fetch_and(!(1 << bit), Ordering::Relaxed);
+        }
+    }
+}
+
+impl fmt::Debug for ModelState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ModelState")
+            .field("name", &self.name)
+            .field("tree", &self.tree)
+            .finish()
+    }
+}
+
+/// A worker known to one model's tree.
+#[derive(Clone)]
+pub(crate) struct Registered {
+    pub(crate) worker: Arc<dyn Worker>,
+    pub(crate) model: Arc<ModelState>,
+    pub(crate) tenant: TenantId,
+}
+
+impl Registered {
+    /// The address `Arc<dyn Worker>` handles to this worker share: the table's key. Holding the
+    /// `Arc` keeps the address from being reused by another worker.
+    pub(crate) fn key(worker: &Arc<dyn Worker>) -> usize {
+        Arc::as_ptr(worker) as *const () as usize
+    }
+
+    pub(crate) fn is_eligible(&self) -> bool {
+        self.worker.is_healthy() && !self.model.is_removed(self.tenant)
+    }
+}
+
+/// Models and workers, copied on write (see `cow.rs`).
+#[derive(Clone, Default)]
+pub(crate) struct Tables {
+    pub(crate) models: Vec<Arc<ModelState>>,
+    /// Every worker seen, sorted by `Registered::key`.
+    pub(crate) by_key: Vec<(usize, Registered)>,
+    /// Workers registered for the native API, per model, in registration order.
+    pub(crate) native: Vec<(Arc<ModelState>, Vec<Registered>)>,
+}
+
+impl Tables {
+    pub(crate) fn model(&self, name: &str) -> Option<&Arc<ModelState>> {
+        self.models.iter().find(|m| &*m.name == name)
+    }
+
+    pub(crate) fn model_or_insert(&mut self, name: &str) -> Arc<ModelState> {
+        if let Some(m) = self.model(name) {
+            return m.clone();
+        }
+        let m = Arc::new(ModelState::new(name));
+        self.models.push(m.clone());
+        m
+    }
+
+    pub(crate) fn find(&self, worker: &Arc<dyn Worker>) -> Option<&Registered> {
+        let key = Registered::key(worker);
+        self.by_key
+            .binary_search_by_key(&key, |(k, _)| *k)
+            .ok()
+            .map(|i| &self.by_key[i].1)
+    }
+
+    pub(crate) fn insert(&mut self, entry: Registered) {
+        let key = Registered::key(&entry.worker);
+        match self.by_key.binary_search_by_key(&key, |(k, _)| *k) {
+            Ok(i) => self.by_key[i].1 = entry,
+            Err(i) => self.by_key.insert(i, (key, entry)),
+        }
+    }
+
+    pub(crate) fn native_of(&self, model: &ModelState) -> &[Registered] {
+        self.native
+            .iter()
+            .find(|(m, _)| std::ptr::eq(&**m, model))
+            .map_or(&[], |(_, list)| list)
+    }
+
+    pub(crate) fn add_native(&mut self, entry: Registered) {
+        let list = match self
+            .native
+            .iter_mut()
+            .position(|(m, _)| Arc::ptr_eq(m, &entry.model))
+        {
+            Some(i) => &mut self.native[i].1,
+            None => {
+                self.native.push((entry.model.clone(), Vec::new()));
+                &mut self.native.last_mut().expect("just pushed").1
+            }
+        };
+        match list.iter_mut().find(|r| r.tenant == entry.tenant) {
+            Some(existing) => *existing = entry,
+            None => list.push(entry),
+        }
+    }
+
+    /// Forgets `url` in `model` (or in every model when `None`).
+    pub(crate) fn forget(&mut self, url: &str, model: Option<&ModelState>) {
+        let matches = |r: &Registered| {
+            r.worker.url() == url && model.is_none_or(|m| std::ptr::eq(&*r.model, m))
+        };
+        self.by_key.retain(|(_, r)| !matches(r));
+        for (_, list) in &mut self.native {
+            list.retain(|r| !matches(r));
+        }
+    }
+}
+
+impl fmt::Debug for Tables {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tables")
+            .field("models", &self.models.len())
+            .field("workers", &self.by_key.len())
+            .finish()
+    }
+}

@@ -1,0 +1,370 @@
+//! The cache-aware policy's rules, its native API, the evictor, and bad input.
+
+use cache_aware_router::{
+    BasicWorkerBuilder, CacheAwareConfig, CacheAwarePolicy, ConfigError, LoadBalancingPolicy,
+    MissRule, RouteError, Worker,
+};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+fn no_evictor() -> CacheAwareConfig {
+    CacheAwareConfig {
+        eviction_interval_secs: 0,
+        cache_threshold: 0.5,
+        ..Default::default()
+    }
+}
+
+fn workers(n: usize, model: &str) -> Vec<Arc<dyn Worker>> {
+    (0..n)
+        .map(|i| {
+            Arc::new(
+                BasicWorkerBuilder::new(format!("http://{model}-w{i}:8000"))
+                    .model_id(model)
+                    .build(),
+            ) as Arc<dyn Worker>
+        })
+        .collect()
+}
+
+#[test]
+fn hits_follow_the_cache_and_prefer_the_least_loaded_holder() {
+    let policy = CacheAwarePolicy::with_config(no_evictor());
+    let ws = workers(3, "");
+    policy.init_workers(&ws);
+    let prompt = "shared system prompt, long enough to matter. ".repeat(4);
+    let first = policy.select_worker(&ws, Some(&prompt)).unwrap();
+    for _ in 0..5 {
+        assert_eq!(
+            policy.select_worker(&ws, Some(&format!("{prompt}q?"))),
+            Some(first)
+        );
+    }
+    // A second holder of the same prefix, less loaded than the first: it wins.
+    let other = (first + 1) % 3;
+    let native = policy.metrics();
+    assert_eq!(native.cache_hits, 5);
+    // Force `other` to hold the prompt by making it the only eligible worker once.
+    ws[first].set_healthy(false);
+    ws[(first + 2) % 3].set_healthy(false);
+    assert_eq!(policy.select_worker(&ws, Some(&prompt)), Some(other));
+    for w in &ws {
+        w.set_healthy(true);
+    }
+    ws[first].increment_load();
+    assert_eq!(policy.select_worker(&ws, Some(&prompt)), Some(other));
+    ws[first].decrement_load();
+    ws[other].increment_load();
+    ws[other].increment_load();
+    assert_eq!(policy.select_worker(&ws, Some(&prompt)), Some(first));
+}
+
+#[test]
+fn misses_spread_over_idle_workers_by_default_and_pile_up_under_the_seed_rule() {
+    let spread = CacheAwarePolicy::with_config(no_evictor());
+    let piled = CacheAwarePolicy::builder()
+        .config(no_evictor())
+        .miss_rule(MissRule::SmallestTree)
+        .build()
+        .unwrap();
+    let ws = workers(4, "");
+    let (mut a, mut b) = (HashSet::new(), HashSet::new());
+    for i in 0..64 {
+        let text = format!("{i} distinct prompt with nothing shared");
+        a.insert(spread.select_worker(&ws, Some(&text)).unwrap());
+        b.insert(piled.select_worker(&ws, Some(&text)).unwrap());
+    }
+    assert!(a.len() >= 3, "random ties spread misses: {a:?}");
+    assert_eq!(
+        b,
+        HashSet::from([0]),
+        "the seed's rule sends every idle miss to one worker"
+    );
+}
+
+#[test]
+fn imbalance_routes_by_load_and_the_tree_still_learns() {
+    let policy = CacheAwarePolicy::with_config(CacheAwareConfig {
+        balance_abs_threshold: 2,
+        balance_rel_threshold: 1.5,
+        ..no_evictor()
+    });
+    let ws = workers(2, "");
+    policy.init_workers(&ws);
+    let prompt = "a prompt that worker 0 caches first";
+    ws[1].increment_load(); // make 0 the least loaded for the first miss
+    assert_eq!(policy.select_worker(&ws, Some(prompt)), Some(0));
+    ws[1].decrement_load();
+    for _ in 0..5 {
+        ws[0].increment_load();
+    }
+    // Imbalanced (5 vs 0): load wins over the cache.
+    assert_eq!(policy.select_worker(&ws, Some(prompt)), Some(1));
+    assert_eq!(policy.metrics().load_balancing_events, 1);
+    for _ in 0..5 {
+        ws[0].decrement_load();
+    }
+    // Balanced again: both hold the prompt now; equal load, either is a hit.
+    let before = policy.metrics().cache_hits;
+    policy.select_worker(&ws, Some(prompt)).unwrap();
+    assert_eq!(policy.metrics().cache_hits, before + 1);
+}
+
+#[test]
+fn bad_input_never_panics() {
+    let policy = CacheAwarePolicy::with_config(no_evictor());
+    assert_eq!(policy.select_worker(&[], Some("x")), None, "zero workers");
+    let ws = workers(2, "");
+    assert!(
+        policy.select_worker(&ws, None).is_some(),
+        "None text is a miss"
+    );
+    assert!(
+        policy.select_worker(&ws, Some("")).is_some(),
+        "empty text is a miss"
+    );
+    let huge = "x".repeat(4 << 20);
+    assert!(policy.select_worker(&ws, Some(&huge)).is_some());
+    for w in &ws {
+        w.set_healthy(false);
+    }
+    assert_eq!(policy.select_worker(&ws, Some("x")), None, "all unhealthy");
+    assert_eq!(
+        policy.metrics().no_worker,
+        2,
+        "zero workers and all unhealthy"
+    );
+    policy.remove_worker_by_url("http://never-added");
+    policy.remove_worker_by_url("http://never-added");
+    policy.evict_cache(0);
+    assert_eq!(policy.run_eviction().detached, 0);
+}
+
+#[test]
+fn removed_workers_are_never_chosen_until_added_again() {
+    let policy = CacheAwarePolicy::with_config(no_evictor());
+    let ws = workers(2, "");
+    policy.init_workers(&ws);
+    let prompt = "prompt cached on whichever worker gets it first";
+    let first = policy.select_worker(&ws, Some(prompt)).unwrap();
+    policy.remove_worker(&*ws[first]);
+    policy.remove_worker(&*ws[first]); // twice: no-op
+    for _ in 0..10 {
+        assert_eq!(policy.select_worker(&ws, Some(prompt)), Some(1 - first));
+    }
+    policy.remove_worker(&*ws[1 - first]);
+    assert_eq!(
+        policy.select_worker(&ws, Some(prompt)),
+        None,
+        "healthy but all removed"
+    );
+    policy.add_worker(&*ws[first]);
+    assert_eq!(policy.select_worker(&ws, Some(prompt)), Some(first));
+}
+
+#[test]
+fn each_model_routes_within_its_own_tree() {
+    let policy = CacheAwarePolicy::with_config(no_evictor());
+    let (a, b) = (workers(2, "llama"), workers(2, "qwen"));
+    for w in a.iter().chain(&b) {
+        policy.register_worker(w.clone()).unwrap();
+    }
+    let prompt = "the same prompt sent to two models";
+    let ta = policy.route("llama", prompt).unwrap();
+    let tb = policy.route("qwen", prompt).unwrap();
+    assert!(ta.url().contains("llama") && tb.url().contains("qwen"));
+    // Each model's tree learned its own copy.
+    let m = policy.metrics();
+    assert_eq!(m.tree_chars.len(), 2);
+    assert!(m
+        .tree_chars
+        .iter()
+        .all(|(_, n)| *n == prompt.chars().count()));
+    // A mixed slice (seed API): the model whose tree matches best wins (both match fully; the
+    // first registered model wins the tie), and within it the worker holding the prompt.
+    let mixed: Vec<_> = a.iter().chain(&b).cloned().collect();
+    let i = policy.select_worker(&mixed, Some(prompt)).unwrap();
+    assert_eq!(mixed[i].url(), ta.url());
+    // A prompt only qwen's tree knows goes to qwen.
+    let only_qwen = "a prompt only qwen has seen, long enough";
+    drop(policy.route("qwen", only_qwen).unwrap());
+    let i = policy.select_worker(&mixed, Some(only_qwen)).unwrap();
+    assert_eq!(mixed[i].model_id(), "qwen");
+    assert_eq!(
+        policy.route("mistral", "x").unwrap_err(),
+        RouteError::UnknownModel("mistral".into())
+    );
+}
+
+#[test]
+fn the_native_ticket_holds_load_until_dropped() {
+    let policy = CacheAwarePolicy::with_config(no_evictor());
+    let ws = workers(2, "m");
+    for w in &ws {
+        policy.register_worker(w.clone()).unwrap();
+    }
+    let t1 = policy.route("m", "hello world").unwrap();
+    assert_eq!(t1.worker().load(), 1);
+    assert!(!t1.cache_hit());
+    let t2 = policy.route("m", "hello world").unwrap();
+    assert!(t2.cache_hit() && t2.url() == t1.url());
+    assert_eq!(t1.worker().load(), 2);
+    let w = t1.worker().clone();
+    drop((t1, t2));
+    assert_eq!(w.load(), 0);
+    let m = policy.metrics();
+    let stats = m.workers.iter().find(|s| s.url == w.url()).unwrap();
+    assert_eq!(
+        (stats.routed, stats.in_flight, stats.cached_chars),
+        (2, 0, 11)
+    );
+    for w in &ws {
+        w.set_healthy(false);
+    }
+    assert_eq!(
+        policy.route("m", "x").unwrap_err(),
+        RouteError::NoHealthyWorker("m".into())
+    );
+    assert!(policy
+        .route("m", "x")
+        .unwrap_err()
+        .to_string()
+        .contains("healthy"));
+}
+
+#[test]
+fn invalid_configs_are_errors_with_the_field_named() {
+    let bad = CacheAwareConfig {
+        cache_threshold: f32::NAN,
+        ..Default::default()
+    };
+    let err = CacheAwarePolicy::try_with_config(bad).unwrap_err();
+    assert!(matches!(err, ConfigError::CacheThreshold(_)));
+    let bad = CacheAwareConfig {
+        max_tree_size: 0,
+        ..Default::default()
+    };
+    assert_eq!(
+        CacheAwarePolicy::try_with_config(bad).unwrap_err(),
+        ConfigError::MaxTreeSize
+    );
+}
+
+#[test]
+#[should_panic(expected = "balance_rel_threshold")]
+fn the_seed_constructor_panics_with_the_same_message() {
+    CacheAwarePolicy::with_config(CacheAwareConfig {
+        balance_rel_threshold: 0.5,
+        ..Default::default()
+    });
+}
+
+#[test]
+fn run_eviction_keeps_every_tree_under_its_budget() {
+    let policy = CacheAwarePolicy::with_config(CacheAwareConfig {
+        max_tree_size: 2_000,
+        ..no_evictor()
+    });
+    let ws = workers(4, "");
+    for i in 0..200 {
+        policy.select_worker(
+            &ws,
+            Some(&format!("{i:04} unique prompt body {}", "z".repeat(40))),
+        );
+    }
+    let before = policy.metrics().tree_chars[0].1;
+    assert!(before > 2_000);
+    let stats = policy.run_eviction();
+    let after = policy.metrics().tree_chars[0].1;
+    assert!(after <= 2_000, "{after}");
+    assert_eq!(before - after, stats.chars_freed);
+    assert!(stats.nodes_removed > 0);
+    assert_eq!(policy.metrics().evicted_chars, stats.chars_freed);
+}
+
+#[test]
+fn crossing_the_budget_wakes_the_evictor_early() {
+    let policy = CacheAwarePolicy::with_config(CacheAwareConfig {
+        max_tree_size: 1_000,
+        eviction_interval_secs: 3600, // the tick alone would never come
+        ..no_evictor()
+    });
+    let ws = workers(2, "");
+    for i in 0..100 {
+        policy.select_worker(&ws, Some(&format!("{i:03} {}", "y".repeat(30))));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while policy.metrics().eviction_passes == 0 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        policy.metrics().eviction_passes >= 1,
+        "the evictor was not woken"
+    );
+    // Quiescent now; one more synchronous pass leaves the tree within budget.
+    policy.run_eviction();
+    assert!(policy.metrics().tree_chars[0].1 <= 1_000);
+}
+
+fn thread_count() -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_thousand_policies_leave_no_thread_behind() {
+    let before = thread_count();
+    for _ in 0..1000 {
+        let p = CacheAwarePolicy::with_config(CacheAwareConfig {
+            eviction_interval_secs: 1,
+            ..Default::default()
+        });
+        p.select_worker(&workers(1, ""), Some("x"));
+    }
+    // Other tests in this binary may be running their own threads; retry briefly.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while thread_count() > before && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert!(thread_count() <= before, "{} > {before}", thread_count());
+}
+
+#[test]
+fn removal_racing_routing_never_returns_a_worker_after_its_removal() {
+    let policy = CacheAwarePolicy::with_config(no_evictor());
+    let ws = workers(4, "");
+    policy.init_workers(&ws);
+    let removed = AtomicBool::new(false);
+    thread::scope(|s| {
+        for t in 0..3 {
+            let (policy, ws, removed) = (&policy, &ws, &removed);
+            s.spawn(move || {
+                for i in 0..3000 {
+                    let was_removed = removed.load(Ordering::SeqCst);
+                    let text = format!("thread {t} prompt {}", i % 50);
+                    let idx = policy.select_worker(ws, Some(&text)).unwrap();
+                    if was_removed {
+                        assert_ne!(idx, 0, "routed to a removed worker");
+                    }
+                }
+            });
+        }
+        thread::sleep(Duration::from_millis(5));
+        policy.remove_worker(&*ws[0]);
+        removed.store(true, Ordering::SeqCst);
+    });
+    assert!(!policy
+        .metrics()
+        .workers
+        .iter()
+        .any(|w| w.url == ws[0].url()));
+}
