@@ -108,7 +108,7 @@ pub struct MetricsSnapshot {
     pub evicted_nodes: usize,
     /// Chars stored per model tree.
     pub tree_chars: Vec<(String, usize)>,
-    /// Per registered worker.
+    /// Per registered worker (removed workers are left out).
     pub workers: Vec<WorkerStats>,
 }
 

@@ -6,11 +6,13 @@ mod common;
 
 use cache_aware_router::{ManualClock, Tree, TreeConfig};
 use common::reference::Reference;
-use common::{text, Rng};
+use common::{arbitrary_text, text, Rng};
 
 const TENANTS: &[&str] = &["w0", "w1", "w2", "w3"];
 
-fn run(seed: u64, ops: usize, shards: usize) {
+type Generator = fn(&mut Rng, Option<&str>) -> String;
+
+fn run(seed: u64, ops: usize, shards: usize, gen: Generator) {
     let mut rng = Rng::new(seed);
     let clock = ManualClock::new();
     let tree = Tree::with_config(TreeConfig {
@@ -28,7 +30,7 @@ fn run(seed: u64, ops: usize, shards: usize) {
         } else {
             Some(rng.pick(&texts).clone())
         };
-        let t = text(&mut rng, base.as_deref(), 10);
+        let t = gen(&mut rng, base.as_deref());
         let tenant = *rng.pick(TENANTS);
         let ctx = format!("seed {seed} step {step}");
         match rng.below(20) {
@@ -108,6 +110,24 @@ fn random_operations_match_the_reference() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(200);
     for seed in 0..seeds {
-        run(seed, 300, if seed % 2 == 0 { 32 } else { 1 });
+        run(
+            seed,
+            300,
+            if seed % 2 == 0 { 32 } else { 1 },
+            |rng, base| text(rng, base, 10),
+        );
+    }
+}
+
+/// The fuzz target: arbitrary UTF-8 (every scalar value possible, lead-byte collisions likely)
+/// with long shared prefixes, against the reference. `FUZZ_SEEDS` runs more seeds.
+#[test]
+fn arbitrary_utf8_with_long_shared_prefixes_matches_the_reference() {
+    let seeds: u64 = std::env::var("FUZZ_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100);
+    for seed in 1000..1000 + seeds {
+        run(seed, 200, 32, |rng, base| arbitrary_text(rng, base, 40));
     }
 }

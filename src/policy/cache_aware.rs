@@ -420,6 +420,11 @@ impl CacheAwarePolicy {
         let tables = self.shared.tables.load(&guard);
         let mut workers: Vec<WorkerStats> = Vec::new();
         for (_, r) in &tables.by_key {
+            // Removed workers stay in the lookup table (a request racing the removal may have
+            // re-registered them there) but are not routable, so they are not reported.
+            if r.model.is_removed(r.tenant) {
+                continue;
+            }
             if workers
                 .iter()
                 .any(|s| s.url == r.worker.url() && s.model == *r.model.name)

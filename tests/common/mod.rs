@@ -38,3 +38,30 @@ pub(crate) fn text(rng: &mut Rng, base: Option<&str>, max_len: usize) -> String 
     }
     s
 }
+
+/// Arbitrary UTF-8: any scalar value, weighted towards ASCII, 2-, 3- and 4-byte chars that share
+/// lead bytes (so byte-level matching is tempted to cut inside a char), often extending a long
+/// `base` so texts share long prefixes.
+pub(crate) fn arbitrary_text(rng: &mut Rng, base: Option<&str>, max_len: usize) -> String {
+    let mut s = String::new();
+    if let Some(base) = base {
+        let chars: Vec<char> = base.chars().collect();
+        let keep = chars.len() - rng.below(chars.len().min(8) + 1);
+        s.extend(&chars[..keep]);
+    }
+    for _ in 0..rng.below(max_len + 1) {
+        let c = match rng.below(6) {
+            0 | 1 => char::from(b'a' + rng.below(3) as u8),
+            2 => char::from_u32(0xE0 + rng.below(4) as u32).unwrap(), // à á â ã: lead byte C3
+            3 => char::from_u32(0x4F60 + rng.below(3) as u32).unwrap(), // 你 and neighbours
+            4 => char::from_u32(0x1F600 + rng.below(3) as u32).unwrap(), // 4-byte emoji
+            _ => loop {
+                if let Some(c) = char::from_u32(rng.next() as u32 % 0x11_0000) {
+                    break c;
+                }
+            },
+        };
+        s.push(c);
+    }
+    s
+}
