@@ -43,3 +43,8 @@ pub(crate) const EVICTION_PASSES: usize = 4;
 /// An eviction pass trims a tree over its budget to `budget - budget / 16`, not to the budget
 /// itself, so the next few inserts do not push it straight back over and wake the evictor again.
 pub(crate) const EVICTION_HEADROOM_DIVISOR: usize = 16;
+
+/// Workers `select_worker` resolves into a stack array (8 bytes each, 512 bytes, zeroed per
+/// request): fleets up to this size route without allocating; larger ones spill to one `Vec`
+/// per request.
+pub(crate) const INLINE_WORKERS: usize = 64;

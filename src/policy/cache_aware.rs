@@ -8,6 +8,7 @@
 use super::config::{CacheAwareConfig, ConfigError, MissRule};
 use super::models::{tree_key, ModelState, Registered, Tables};
 use super::LoadBalancingPolicy;
+use crate::constants::INLINE_WORKERS;
 use crate::cow::CowCell;
 use crate::error::RouteError;
 use crate::evictor::{Evictor, Housekeeper, Waker};
@@ -475,7 +476,21 @@ impl LoadBalancingPolicy for CacheAwarePolicy {
             shared.register_unseen(workers);
             tables = shared.tables.load(&guard);
         }
-        let entry = |i: usize| tables.find(&workers[i]).filter(|r| r.is_eligible());
+        // Resolve each worker once (its table entry, if eligible): a stack array for fleets up to
+        // `INLINE_WORKERS`, so the rest of the decision indexes instead of searching.
+        let mut inline: [Option<&Registered>; INLINE_WORKERS] = [None; INLINE_WORKERS];
+        let mut spilled: Vec<Option<&Registered>>;
+        let resolved: &mut [Option<&Registered>] = if workers.len() <= INLINE_WORKERS {
+            &mut inline[..workers.len()]
+        } else {
+            spilled = vec![None; workers.len()];
+            &mut spilled
+        };
+        for (slot, w) in resolved.iter_mut().zip(workers) {
+            *slot = tables.find(w).filter(|r| r.is_eligible());
+        }
+        let resolved = &*resolved;
+        let entry = |i: usize| resolved[i];
         let mut model: Option<&Arc<ModelState>> = None;
         let mut several = false;
         for i in 0..workers.len() {

@@ -29,7 +29,7 @@ use crossbeam_utils::CachePadded;
 use node::Node;
 use std::collections::HashMap;
 use std::fmt;
-use walk::Filter;
+use walk::{Filter, Hint};
 
 pub use maintain::EvictionStats;
 
@@ -213,9 +213,10 @@ impl Tree {
         let guard = epoch::pin();
         let e = &self.engine;
         let d = e.descend(text, Filter::Any, &guard);
+        let tail_chars = label::char_count(&text[d.matched_bytes..]);
         let counts = MatchCounts {
             matched_chars: d.matched_chars,
-            total_chars: d.matched_chars + label::char_count(&text[d.matched_bytes..]),
+            total_chars: d.matched_chars + tail_chars,
         };
         let holders = Holders {
             slots: self.deepest_slots(d.deepest, &guard),
@@ -224,7 +225,11 @@ impl Tree {
         if let Some(id) = tenant {
             let tick = e.clock.now();
             e.registry.set_live(id, true);
-            e.extend(text, id, tick, d.steps(), &guard);
+            let hint = Hint {
+                steps: d.steps(),
+                tail: Some((d.matched_bytes, tail_chars)),
+            };
+            e.extend(text, id, tick, hint, &guard);
         }
         MatchOutcome { counts, tenant }
     }
@@ -235,7 +240,7 @@ impl Tree {
         let guard = epoch::pin();
         self.engine.registry.set_live(id, true);
         self.engine
-            .extend(text, id, self.engine.clock.now(), &[], &guard);
+            .extend(text, id, self.engine.clock.now(), Hint::default(), &guard);
         Ok(())
     }
 
@@ -292,7 +297,7 @@ impl Tree {
         if let Ok(id) = self.tenant_id(tenant) {
             let guard = epoch::pin();
             self.engine
-                .extend(text, id, self.engine.clock.now(), &[], &guard);
+                .extend(text, id, self.engine.clock.now(), Hint::default(), &guard);
         }
     }
 

@@ -94,11 +94,12 @@ impl Node {
         Self::new(Label::empty(), 0, tenants::new_slots(&[], 0))
     }
 
-    /// A leaf for `text`, held by `id` since `tick`.
-    pub(crate) fn leaf(text: &str, id: TenantId, tick: u64) -> Self {
+    /// A leaf for `text` (`chars` chars), held by `id` since `tick`.
+    pub(crate) fn leaf(text: &str, chars: usize, id: TenantId, tick: u64) -> Self {
+        debug_assert_eq!(chars, char_count(text));
         Self::new(
             Label::new(text),
-            char_count(text),
+            chars,
             tenants::new_slots(&[(id, tick)], tenants::capacity_for(1)),
         )
     }

@@ -14,7 +14,7 @@
 //! attaching is idempotent, so walking a prefix twice never counts it twice.
 
 use super::children::{self, Child, FROZEN_CHILDREN};
-use super::label::{common_prefix, first_char};
+use super::label::{char_count, common_prefix, first_char};
 use super::node::{finish_replace, Intent, Node};
 use super::tenants::{self, Attach};
 use super::Engine;
@@ -77,6 +77,15 @@ impl Descent {
     }
 }
 
+/// What a caller already knows about a text it asks `extend` to record: the steps of a descent
+/// of the same text, and the char count of its unmatched tail (`(byte offset, chars)`), so
+/// neither the label comparisons nor the tail's char count are done twice.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Hint<'a> {
+    pub(crate) steps: &'a [Step],
+    pub(crate) tail: Option<(usize, usize)>,
+}
+
 /// Which children a descent may enter.
 #[derive(Clone, Copy)]
 pub(crate) enum Filter {
@@ -112,7 +121,7 @@ impl Engine {
             if k == next.label.len() {
                 d.matched_chars += next.chars;
             } else {
-                d.matched_chars += super::label::char_count(&next.label.as_str()[..k]);
+                d.matched_chars += char_count(&next.label.as_str()[..k]);
             }
             d.matched_bytes += k;
             d.push(Step {
@@ -130,7 +139,14 @@ impl Engine {
 
     /// Records `text` for tenant `id`: attaches it to every node on the path and adds a leaf or
     /// splits an edge for the rest. Steps from a descent of the same text skip re-comparing.
-    pub(crate) fn extend(&self, text: &str, id: TenantId, tick: u64, hint: &[Step], guard: &Guard) {
+    pub(crate) fn extend(
+        &self,
+        text: &str,
+        id: TenantId,
+        tick: u64,
+        hint: Hint<'_>,
+        guard: &Guard,
+    ) {
         if text.is_empty() {
             return;
         }
@@ -152,7 +168,13 @@ impl Engine {
                 let entries = unsafe { children::entries(array, guard) };
                 let first = first_char(text, pos);
                 let Some(child) = children::find(entries, first) else {
-                    if self.add_leaf(node, array, entries, &text[pos..], first, id, tick, guard) {
+                    let chars = match hint.tail {
+                        Some((at, chars)) if at == pos => chars,
+                        _ => char_count(&text[pos..]),
+                    };
+                    let leaf = Node::leaf(&text[pos..], chars, id, tick);
+                    if self.add_leaf(node, array, entries, leaf, first, guard) {
+                        self.counted_attach(id, chars);
                         return;
                     }
                     continue;
@@ -160,7 +182,7 @@ impl Engine {
                 let child_ptr: Shared<'_, Node> = Shared::from(child.node);
                 // SAFETY: nodes in a loaded array stay allocated while `guard` is held.
                 let c = unsafe { &*child.node };
-                let k = match hint.get(depth) {
+                let k = match hint.steps.get(depth) {
                     Some(step) if step.node == child.node => step.matched,
                     _ => common_prefix(c.label.as_str(), &text[pos..]),
                 };
@@ -193,21 +215,16 @@ impl Engine {
         }
     }
 
-    /// Publishes a new leaf for `rest` under `node`; false if the child array changed first.
-    #[allow(clippy::too_many_arguments)]
+    /// Publishes `leaf` under `node`; false if the child array changed first.
     fn add_leaf(
         &self,
         node: &Node,
         array: Shared<'_, children::ChildArray>,
         entries: &[Child],
-        rest: &str,
+        leaf: Node,
         first: u32,
-        id: TenantId,
-        tick: u64,
         guard: &Guard,
     ) -> bool {
-        let leaf = Node::leaf(rest, id, tick);
-        let chars = leaf.chars;
         let leaf = Owned::new(leaf).into_shared(guard);
         let new = children::with_child(
             entries,
@@ -225,7 +242,6 @@ impl Engine {
                     // SAFETY: replaced and unreachable; pinned readers keep it until they unpin.
                     unsafe { guard.defer_destroy(array) };
                 }
-                self.counted_attach(id, chars);
                 true
             }
             Err(race) => {

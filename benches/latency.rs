@@ -1,0 +1,137 @@
+//! Latency percentiles of single routing decisions at 2 threads on `mooncake`, ours vs the
+//! seed's design: first with no eviction, then while eviction runs passes that really remove
+//! nodes (a budget of a quarter of the workload). Every figure is also given as a multiple of
+//! the floor of the median request (comparing it with an equal copy).
+//!
+//! `cargo bench --bench latency` (env: `BENCH_BLOCK` block chars, default 256; `BENCH_PASSES`
+//! replays per scenario, default 3).
+#![allow(missing_docs)]
+
+mod baseline;
+mod support;
+
+use hdrhistogram::Histogram;
+use std::time::{Duration, Instant};
+use support::{mooncake, Base, Ours, Router};
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Replays `texts` `passes` times on 2 threads, recording each decision's latency in ns.
+fn record(router: &dyn Router, texts: &[String], passes: usize) -> Histogram<u64> {
+    let mut merged = Histogram::<u64>::new(3).unwrap();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2)
+            .map(|t| {
+                s.spawn(move || {
+                    let mut h = Histogram::<u64>::new(3).unwrap();
+                    for _ in 0..passes {
+                        for text in texts.iter().skip(t).step_by(2) {
+                            let start = Instant::now();
+                            std::hint::black_box(router.route(text));
+                            h.record(start.elapsed().as_nanos() as u64).unwrap();
+                        }
+                    }
+                    h
+                })
+            })
+            .collect();
+        for h in handles {
+            merged.add(h.join().unwrap()).unwrap();
+        }
+    });
+    merged
+}
+
+/// The floor of the median request: ns to compare it with an equal copy.
+fn median_floor(texts: &[String]) -> f64 {
+    let mut lens: Vec<&String> = texts.iter().collect();
+    lens.sort_by_key(|t| t.len());
+    let median = lens[lens.len() / 2];
+    let copy = median.clone();
+    let reps = 20_000;
+    let start = Instant::now();
+    for _ in 0..reps {
+        std::hint::black_box(
+            std::hint::black_box(median.as_bytes()) == std::hint::black_box(copy.as_bytes()),
+        );
+    }
+    start.elapsed().as_nanos() as f64 / reps as f64
+}
+
+fn row(name: &str, h: &Histogram<u64>, floor: f64) {
+    let q = |p: f64| h.value_at_quantile(p) as f64;
+    println!(
+        "| {name:<26} | {:>9.1} | {:>9.1} | {:>9.1} | {:>9.1} | {:>6.0}x | {:>7.0}x |",
+        q(0.5) / 1e3,
+        q(0.99) / 1e3,
+        q(0.999) / 1e3,
+        h.max() as f64 / 1e3,
+        q(0.5) / floor,
+        q(0.999) / floor,
+    );
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; criterion-style filters are not supported here.
+    let block = env("BENCH_BLOCK", 256);
+    let passes = env("BENCH_PASSES", 3);
+    let (texts, blocks, source) = mooncake(block);
+    let distinct_chars = blocks * block;
+    let budget = distinct_chars / 4;
+    let floor = median_floor(&texts);
+    println!(
+        "mooncake from {source}: {} requests, block {block} chars",
+        texts.len()
+    );
+    println!(
+        "floor of the median request: {floor:.0} ns; 2 threads, {passes} replays per scenario"
+    );
+    println!("eviction scenario budget: {budget} chars (a quarter of the {distinct_chars} distinct chars)\n");
+    println!("| scenario                   | p50 (us)  | p99 (us)  | p99.9 (us)| max (us)  | p50/fl  | p99.9/fl |");
+    println!("|----------------------------|-----------|-----------|-----------|-----------|---------|----------|");
+
+    let ours = Ours::new(8, 0, 1 << 40);
+    let ours_plain = record(&ours, &texts, passes);
+    row("ours, no eviction", &ours_plain, floor);
+    drop(ours);
+
+    // Evictor thread on: a tick every second plus early wakes whenever a tree crosses the
+    // budget, which this workload does continually.
+    let ours = Ours::new(8, 1, budget);
+    let ours_evict = record(&ours, &texts, passes);
+    let m = ours.policy.metrics();
+    row("ours, evicting", &ours_evict, floor);
+    drop(ours);
+
+    let base = Base::new(8, None, usize::MAX);
+    let base_plain = record(&base, &texts, passes);
+    row("baseline, no eviction", &base_plain, floor);
+    drop(base);
+
+    // The seed's eviction thread: a pass (holding the global mutex) every 20 ms, per-tenant
+    // budget of budget / 8 workers.
+    let base = Base::new(8, Some(Duration::from_millis(20)), budget / 8);
+    let base_evict = record(&base, &texts, passes);
+    row("baseline, evicting", &base_evict, floor);
+    // The seed's thread cannot be stopped; it is leaked with the policy's trees.
+    std::mem::forget(base);
+
+    println!(
+        "\nours, evicting: {} passes removed {} nodes ({} chars);",
+        m.eviction_passes, m.evicted_nodes, m.evicted_chars
+    );
+    let ratio = |a: &Histogram<u64>, b: &Histogram<u64>, p: f64| {
+        a.value_at_quantile(p) as f64 / b.value_at_quantile(p) as f64
+    };
+    println!(
+        "ours p99.9 evicting / not evicting: {:.2}x; baseline p99.9 / ours p99.9 (evicting): {:.0}x; p50: {:.0}x",
+        ratio(&ours_evict, &ours_plain, 0.999),
+        ratio(&base_evict, &ours_evict, 0.999),
+        ratio(&base_evict, &ours_evict, 0.5),
+    );
+}

@@ -1,0 +1,72 @@
+//! `select_worker` throughput, ours vs the seed's design (benches/baseline), next to the floor
+//! (reading each prompt once), on the `shared-prefix` and `mooncake` workloads at 1, 2, 4 and 8
+//! threads. One iteration replays the whole workload, in order, through a fresh router (so
+//! misses, splits and tree growth are all in it), split round-robin over the threads. Throughput
+//! is in requests.
+//!
+//! `cargo bench --bench routing` (`-- --quick` for a fast pass; `BENCH_BLOCK` sets the Mooncake
+//! block size in chars, default 256; `BENCH_WORKERS` the worker count, default 8).
+#![allow(missing_docs)]
+
+mod baseline;
+mod support;
+
+use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
+use std::time::Duration;
+use support::{floor, mooncake, replay, shared_prefix, Base, Ours, Router};
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn bench_workload(c: &mut Criterion, name: &str, texts: &[String]) {
+    let copies: Vec<String> = texts.to_vec();
+    let workers = env("BENCH_WORKERS", 8);
+    let mut g = c.benchmark_group(format!("routing/{name}/{workers}w"));
+    g.throughput(Throughput::Elements(texts.len() as u64));
+    g.sampling_mode(SamplingMode::Flat);
+    g.sample_size(10);
+    g.bench_function("floor", |b| b.iter(|| floor(texts, &copies)));
+    for threads in [1, 2, 4, 8] {
+        g.bench_function(format!("ours/{threads}t"), |b| {
+            b.iter_custom(|iters| {
+                (0..iters)
+                    .map(|_| replay(&Ours::new(workers, 0, 1 << 30), texts, threads))
+                    .sum()
+            })
+        });
+    }
+    for threads in [1, 2, 4, 8] {
+        g.bench_function(format!("baseline/{threads}t"), |b| {
+            b.iter_custom(|iters| {
+                (0..iters)
+                    .map(|_| {
+                        let r = Base::new(workers, None, 1 << 30);
+                        let d = replay(&r as &dyn Router, texts, threads);
+                        drop(r);
+                        d
+                    })
+                    .sum()
+            })
+        });
+    }
+    g.finish();
+}
+
+fn routing(c: &mut Criterion) {
+    bench_workload(c, "shared-prefix", &shared_prefix());
+    let (texts, _, _) = mooncake(env("BENCH_BLOCK", 256));
+    bench_workload(c, "mooncake", &texts);
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_millis(200))
+        .measurement_time(Duration::from_secs(2));
+    targets = routing
+}
+criterion_main!(benches);
