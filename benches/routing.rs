@@ -13,13 +13,34 @@ mod support;
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use std::time::Duration;
-use support::{floor, mooncake, replay, shared_prefix, Base, Ours, Router};
+use support::{mooncake, replay, shared_prefix, Base, Ours, Router};
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+fn parallel_floor(texts: &[String], copies: &[String], threads: usize) -> usize {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                s.spawn(move || {
+                    texts
+                        .iter()
+                        .zip(copies)
+                        .skip(t)
+                        .step_by(threads)
+                        .filter(|(x, y)| {
+                            std::hint::black_box(x.as_bytes()) == std::hint::black_box(y.as_bytes())
+                        })
+                        .count()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    })
 }
 
 fn bench_workload(c: &mut Criterion, name: &str, texts: &[String]) {
@@ -29,7 +50,12 @@ fn bench_workload(c: &mut Criterion, name: &str, texts: &[String]) {
     g.throughput(Throughput::Elements(texts.len() as u64));
     g.sampling_mode(SamplingMode::Flat);
     g.sample_size(10);
-    g.bench_function("floor", |b| b.iter(|| floor(texts, &copies)));
+    for threads in [1, 2, 4, 8] {
+        // The floor on as many threads: the memory bandwidth the replay shares.
+        g.bench_function(format!("floor/{threads}t"), |b| {
+            b.iter(|| parallel_floor(texts, &copies, threads))
+        });
+    }
     for threads in [1, 2, 4, 8] {
         g.bench_function(format!("ours/{threads}t"), |b| {
             b.iter_custom(|iters| {

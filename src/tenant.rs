@@ -23,6 +23,7 @@
 use crate::constants::{MAX_TENANTS, TENANT_CHUNK};
 use crate::error::TreeError;
 use crate::sync::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+use crossbeam_utils::CachePadded;
 use dashmap::DashMap;
 use std::fmt;
 use std::sync::OnceLock;
@@ -49,8 +50,10 @@ struct Entry {
     name: OnceLock<Box<str>>,
 }
 
+/// Entries are cache-padded: every attach bumps its tenant's count, and unpadded counts of
+/// several tenants would share a line that all routing threads write.
 struct Chunk {
-    entries: [Entry; TENANT_CHUNK],
+    entries: [CachePadded<Entry>; TENANT_CHUNK],
 }
 
 pub(crate) struct TenantRegistry {
@@ -176,10 +179,12 @@ impl TenantRegistry {
         let slot = &self.chunks[index / TENANT_CHUNK];
         if slot.load(Ordering::Acquire).is_null() {
             let fresh = Box::into_raw(Box::new(Chunk {
-                entries: std::array::from_fn(|_| Entry {
-                    chars: AtomicUsize::new(0),
-                    live: AtomicBool::new(false),
-                    name: OnceLock::new(),
+                entries: std::array::from_fn(|_| {
+                    CachePadded::new(Entry {
+                        chars: AtomicUsize::new(0),
+                        live: AtomicBool::new(false),
+                        name: OnceLock::new(),
+                    })
                 }),
             }));
             if slot
