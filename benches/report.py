@@ -51,5 +51,18 @@ def tree():
             print(f"| {size} {kind} | {fl:.0f} | {m:.0f} | {m / fl:.2f}x | {per_kb:.1f} | {i:.0f} | {i / fl:.2f}x |")
 
 
+def mix():
+    print("| mix (match/insert) | threads | ours (ns/op) | baseline (ns/op) | baseline / ours | ours scaling vs 1t |")
+    print("|---|---|---|---|---|---|")
+    for m in ["70-30", "50-50"]:
+        ours1 = median_ns(f"mix_{m}", "ours_1t")
+        for t in [1, 2]:
+            o, b = median_ns(f"mix_{m}", f"ours_{t}t"), median_ns(f"mix_{m}", f"baseline_{t}t")
+            if None in (o, b, ours1):
+                continue
+            print(f"| {m} | {t} | {o:.0f} | {b:.0f} | {b / o:.0f}x | {ours1 / o:.2f}x |")
+
+
 if __name__ == "__main__":
-    {"routing": routing, "tree": tree}[sys.argv[1] if len(sys.argv) > 1 else "routing"]()
+    tree_and_mix = lambda: (tree(), print(), mix())
+    {"routing": routing, "tree": tree_and_mix}[sys.argv[1] if len(sys.argv) > 1 else "routing"]()

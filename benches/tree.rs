@@ -2,13 +2,111 @@
 //! ASCII and multi-byte), next to the floor: comparing the prompt with an equal copy (`a == b`),
 //! i.e. reading it once. Criterion reports bytes/s; the ratio to `floor` is what travels.
 //!
+//! Also the bare tree under mixed load: 70/30 and 50/50 match/insert mixes on 1 and 2 threads,
+//! ours vs the seed's tree (`benches/baseline`), over the shared-prefix prompts.
+//!
 //! `cargo bench --bench tree` (add `-- --quick` for a fast pass).
 // criterion's macros generate undocumented items.
 #![allow(missing_docs)]
 
+mod baseline;
+mod support;
+
 use cache_aware_router::Tree;
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use support::{shared_prefix, Rng};
+
+/// The bare tree operations both engines offer.
+trait BareTree: Sync {
+    fn insert(&self, text: &str, tenant: usize);
+    fn matches(&self, text: &str) -> usize;
+}
+
+struct OursTree(Tree, Vec<cache_aware_router::TenantId>);
+impl BareTree for OursTree {
+    fn insert(&self, text: &str, tenant: usize) {
+        self.0.insert_for(text, self.1[tenant]).unwrap();
+    }
+    fn matches(&self, text: &str) -> usize {
+        self.0.match_counts(text).matched_chars
+    }
+}
+
+struct BaseTree(baseline::Tree, Vec<String>);
+impl BareTree for BaseTree {
+    fn insert(&self, text: &str, tenant: usize) {
+        self.0.insert(text, &self.1[tenant]);
+    }
+    fn matches(&self, text: &str) -> usize {
+        self.0.prefix_match(text).0.len()
+    }
+}
+
+fn names() -> Vec<String> {
+    (0..8).map(|i| format!("http://worker-{i}:8000")).collect()
+}
+
+fn ours_tree() -> OursTree {
+    let t = Tree::new();
+    let ids = names().iter().map(|n| t.tenant_id(n).unwrap()).collect();
+    OursTree(t, ids)
+}
+
+/// `ops` operations on `threads` threads: `match_pct`% matches, the rest inserts, random
+/// prompts and tenants (seeded per thread).
+fn mixed(
+    tree: &dyn BareTree,
+    texts: &[String],
+    ops: u64,
+    threads: u64,
+    match_pct: u64,
+) -> Duration {
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            s.spawn(move || {
+                let mut rng = Rng::new(t + 1);
+                for _ in 0..ops / threads {
+                    let r = rng.next();
+                    let text = &texts[(r >> 8) as usize % texts.len()];
+                    if r % 100 < match_pct {
+                        black_box(tree.matches(text));
+                    } else {
+                        tree.insert(text, (r >> 40) as usize % 8);
+                    }
+                }
+            });
+        }
+    });
+    start.elapsed()
+}
+
+fn bare_tree_mixes(c: &mut Criterion) {
+    let texts = shared_prefix();
+    for match_pct in [70, 50] {
+        let mut g = c.benchmark_group(format!("mix/{match_pct}-{}", 100 - match_pct));
+        g.throughput(Throughput::Elements(1));
+        g.sample_size(10);
+        for threads in [1u64, 2] {
+            let ours = ours_tree();
+            for t in &texts[..256] {
+                ours.insert(t, 0);
+            }
+            g.bench_function(format!("ours/{threads}t"), |b| {
+                b.iter_custom(|iters| mixed(&ours, &texts, iters.max(threads), threads, match_pct))
+            });
+            let base = BaseTree(baseline::Tree::new(), names());
+            for t in &texts[..256] {
+                base.insert(t, 0);
+            }
+            g.bench_function(format!("baseline/{threads}t"), |b| {
+                b.iter_custom(|iters| mixed(&base, &texts, iters.max(threads), threads, match_pct))
+            });
+        }
+        g.finish();
+    }
+}
 
 fn prompt(bytes: usize, multibyte: bool) -> String {
     let mut s = String::with_capacity(bytes + 4);
@@ -66,6 +164,6 @@ criterion_group! {
         .sample_size(20)
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(1));
-    targets = long_prompts
+    targets = long_prompts, bare_tree_mixes
 }
 criterion_main!(benches);
