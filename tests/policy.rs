@@ -368,3 +368,31 @@ fn removal_racing_routing_never_returns_a_worker_after_its_removal() {
         .iter()
         .any(|w| w.url == ws[0].url()));
 }
+
+#[test]
+fn fleets_larger_than_the_stack_snapshot_route_the_same() {
+    // Past 64 workers the decision snapshot spills to the heap; the rules are unchanged.
+    let policy = CacheAwarePolicy::with_config(no_evictor());
+    let ws = workers(100, "");
+    policy.init_workers(&ws);
+    let prompt = "a prompt for a large fleet, long enough to be a hit";
+    let first = policy.select_worker(&ws, Some(prompt)).unwrap();
+    assert_eq!(policy.select_worker(&ws, Some(prompt)), Some(first));
+    ws[first].set_healthy(false);
+    let second = policy.select_worker(&ws, Some(prompt)).unwrap();
+    assert_ne!(second, first);
+    assert_eq!(policy.select_worker(&ws, Some(prompt)), Some(second));
+    let mut seen = HashSet::new();
+    for i in 0..300 {
+        seen.insert(
+            policy
+                .select_worker(&ws, Some(&format!("{i} unrelated")))
+                .unwrap(),
+        );
+    }
+    assert!(
+        seen.len() > 50,
+        "misses spread over the fleet: {}",
+        seen.len()
+    );
+}

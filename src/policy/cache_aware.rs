@@ -77,6 +77,31 @@ impl CacheAwarePolicyBuilder {
     }
 }
 
+/// One eligible worker as a decision sees it: its tenant id, its index in the caller's list,
+/// and its load, read once.
+#[derive(Clone, Copy)]
+struct Candidate {
+    tenant: TenantId,
+    index: usize,
+    load: usize,
+}
+
+impl Candidate {
+    const NONE: Candidate = Candidate {
+        tenant: TenantId::FIRST,
+        index: 0,
+        load: 0,
+    };
+
+    fn of(index: usize, r: &Registered) -> Self {
+        Candidate {
+            tenant: r.tenant,
+            index,
+            load: r.worker.load(),
+        }
+    }
+}
+
 struct Shared {
     config: CacheAwareConfig,
     miss_rule: MissRule,
@@ -106,57 +131,76 @@ fn draw(n: u64) -> u64 {
 }
 
 impl Shared {
-    /// The rule: over the eligible candidates `cand(0..n)` of `model`, pick by load when
-    /// imbalanced, by cache when the match ratio clears the threshold, else by the miss rule;
-    /// record `text` for the pick in the same descent. `(index, cache hit)`.
-    fn decide<'a>(
+    /// The rule: over the eligible `candidates` of `model`, pick by load when imbalanced, by
+    /// cache when the match ratio clears the threshold, else by the miss rule; record `text`
+    /// for the pick in the same descent. `(index, cache hit)`.
+    ///
+    /// Each candidate's load is read once, into a stack snapshot (a `Vec` past
+    /// `INLINE_WORKERS`); a hit sorts the snapshot by tenant and finds each holder of the
+    /// matched node by binary search, so a hit costs O(holders x log workers).
+    fn decide(
         &self,
         model: &ModelState,
-        n: usize,
-        cand: impl Fn(usize) -> Option<(&'a dyn Worker, TenantId)>,
+        candidates: impl Iterator<Item = Candidate>,
         text: &str,
     ) -> Option<(usize, bool)> {
+        let mut inline = [Candidate::NONE; INLINE_WORKERS];
+        let mut spilled: Vec<Candidate> = Vec::new();
+        let mut len = 0;
+        for c in candidates {
+            if len < INLINE_WORKERS {
+                inline[len] = c;
+            } else {
+                if spilled.is_empty() {
+                    spilled.extend_from_slice(&inline);
+                }
+                spilled.push(c);
+            }
+            len += 1;
+        }
+        let list: &mut [Candidate] = if len <= INLINE_WORKERS {
+            &mut inline[..len]
+        } else {
+            &mut spilled
+        };
         let (mut min, mut max, mut ties) = (usize::MAX, 0, 0u64);
-        let (mut random_least, mut first_least) = (None, 0);
-        for i in 0..n {
-            let Some((worker, _)) = cand(i) else { continue };
-            let load = worker.load();
-            max = max.max(load);
-            if load < min {
-                (min, ties, first_least, random_least) = (load, 1, i, Some(i));
-            } else if load == min {
+        let (mut random_least, mut first_least) = (None, None);
+        for c in list.iter() {
+            max = max.max(c.load);
+            if c.load < min {
+                (min, ties, first_least, random_least) = (c.load, 1, Some(*c), Some(*c));
+            } else if c.load == min {
                 ties += 1;
                 if draw(ties) == 0 {
-                    random_least = Some(i);
+                    random_least = Some(*c);
                 }
             }
         }
         let least = match self.miss_rule {
             MissRule::LeastLoaded => random_least?,
-            MissRule::SmallestTree => random_least.map(|_| first_least)?,
+            MissRule::SmallestTree => first_least?,
         };
         let imbalanced = self.config.is_imbalanced(max, min);
         let threshold = self.config.cache_threshold;
         let (mut chosen, mut hit) = (least, false);
         model.tree.match_and_insert(text, |counts, holders| {
-            if !imbalanced && counts.ratio() > threshold {
-                // Among the eligible workers holding the matched prefix, the least loaded.
-                let mut best: Option<(usize, usize)> = None;
+            if !imbalanced && counts.ratio() > threshold && !holders.is_empty() {
+                // Among the eligible workers holding the matched prefix, the least loaded
+                // (the first holder on ties).
+                list.sort_unstable_by_key(|c| c.tenant);
+                let mut best: Option<Candidate> = None;
                 for holder in holders.iter() {
-                    for i in 0..n {
-                        if let Some((worker, tenant)) = cand(i) {
-                            let load = worker.load();
-                            if tenant == holder && best.is_none_or(|(l, _)| load < l) {
-                                best = Some((load, i));
-                            }
+                    if let Ok(i) = list.binary_search_by_key(&holder, |c| c.tenant) {
+                        if best.is_none_or(|b| list[i].load < b.load) {
+                            best = Some(list[i]);
                         }
                     }
                 }
-                if let Some((_, i)) = best {
-                    (chosen, hit) = (i, true);
+                if let Some(b) = best {
+                    (chosen, hit) = (b, true);
                 }
             }
-            cand(chosen).map(|(_, tenant)| tenant)
+            Some(chosen.tenant)
         });
         let c = &self.counters;
         if imbalanced {
@@ -167,7 +211,7 @@ impl Shared {
             c.cache_misses.add(1);
         }
         self.note_growth(model);
-        Some((chosen, hit))
+        Some((chosen.index, hit))
     }
 
     /// Wakes the evictor once when `model`'s tree crosses its budget (one atomic load when not).
@@ -391,12 +435,12 @@ impl CacheAwarePolicy {
             return Err(RouteError::UnknownModel(key.to_string()));
         };
         let list = tables.native_of(m);
-        let cand = |i: usize| {
-            list.get(i)
-                .filter(|r| r.is_eligible())
-                .map(|r| (&*r.worker, r.tenant))
-        };
-        let Some((index, hit)) = self.shared.decide(m, list.len(), cand, text) else {
+        let candidates = list
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.is_eligible())
+            .map(|(i, r)| Candidate::of(i, r));
+        let Some((index, hit)) = self.shared.decide(m, candidates, text) else {
             self.shared.counters.no_worker.add(1);
             return Err(RouteError::NoHealthyWorker(key.to_string()));
         };
@@ -420,7 +464,7 @@ impl CacheAwarePolicy {
         let guard = epoch::pin();
         let tables = self.shared.tables.load(&guard);
         let mut workers: Vec<WorkerStats> = Vec::new();
-        for (_, r) in &tables.by_key {
+        for r in &tables.workers {
             // Removed workers stay in the lookup table (a request racing the removal may have
             // re-registered them there) but are not routable, so they are not reported.
             if r.model.is_removed(r.tenant) {
@@ -513,12 +557,11 @@ impl LoadBalancingPolicy for CacheAwarePolicy {
             shared.counters.no_worker.add(1);
             return None;
         };
-        let cand = |i: usize| {
-            entry(i)
-                .filter(|r| Arc::ptr_eq(&r.model, model))
-                .map(|r| (&*r.worker, r.tenant))
-        };
-        let (index, _) = shared.decide(model, workers.len(), cand, text)?;
+        let candidates = resolved.iter().enumerate().filter_map(|(i, r)| {
+            r.filter(|r| Arc::ptr_eq(&r.model, model))
+                .map(|r| Candidate::of(i, r))
+        });
+        let (index, _) = shared.decide(model, candidates, text)?;
         workers[index].increment_processed();
         Some(index)
     }

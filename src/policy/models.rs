@@ -91,10 +91,22 @@ impl Registered {
 #[derive(Clone, Default)]
 pub(crate) struct Tables {
     pub(crate) models: Vec<Arc<ModelState>>,
-    /// Every worker seen, sorted by `Registered::key`.
-    pub(crate) by_key: Vec<(usize, Registered)>,
+    /// Every worker seen, in first-seen order.
+    pub(crate) workers: Vec<Registered>,
+    /// Open-addressing index into `workers` by `Registered::key`: `i + 1`, 0 for empty; a
+    /// power of two at least twice `workers.len()`, rebuilt whenever `workers` changes (only
+    /// registrations do). A lookup is a multiply and, nearly always, one probe.
+    index: Box<[u32]>,
     /// Workers registered for the native API, per model, in registration order.
     pub(crate) native: Vec<(Arc<ModelState>, Vec<Registered>)>,
+}
+
+fn slot_of(key: usize, mask: usize) -> usize {
+    // Fibonacci hashing of the address (allocations are 16-aligned: drop the low bits).
+    ((key >> 4) as u64)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .rotate_left(32) as usize
+        & mask
 }
 
 impl Tables {
@@ -112,18 +124,47 @@ impl Tables {
     }
 
     pub(crate) fn find(&self, worker: &Arc<dyn Worker>) -> Option<&Registered> {
-        let key = Registered::key(worker);
-        self.by_key
-            .binary_search_by_key(&key, |(k, _)| *k)
-            .ok()
-            .map(|i| &self.by_key[i].1)
+        self.position(Registered::key(worker))
+            .map(|i| &self.workers[i])
+    }
+
+    fn position(&self, key: usize) -> Option<usize> {
+        if self.index.is_empty() {
+            return None;
+        }
+        let mask = self.index.len() - 1;
+        let mut slot = slot_of(key, mask);
+        loop {
+            match self.index[slot] {
+                0 => return None,
+                i if Registered::key(&self.workers[i as usize - 1].worker) == key => {
+                    return Some(i as usize - 1)
+                }
+                _ => slot = (slot + 1) & mask,
+            }
+        }
+    }
+
+    fn reindex(&mut self) {
+        let size = (self.workers.len() * 2).next_power_of_two().max(8);
+        let mut index = vec![0u32; size].into_boxed_slice();
+        for (i, r) in self.workers.iter().enumerate() {
+            let mut slot = slot_of(Registered::key(&r.worker), size - 1);
+            while index[slot] != 0 {
+                slot = (slot + 1) & (size - 1);
+            }
+            index[slot] = i as u32 + 1;
+        }
+        self.index = index;
     }
 
     pub(crate) fn insert(&mut self, entry: Registered) {
-        let key = Registered::key(&entry.worker);
-        match self.by_key.binary_search_by_key(&key, |(k, _)| *k) {
-            Ok(i) => self.by_key[i].1 = entry,
-            Err(i) => self.by_key.insert(i, (key, entry)),
+        match self.position(Registered::key(&entry.worker)) {
+            Some(i) => self.workers[i] = entry,
+            None => {
+                self.workers.push(entry);
+                self.reindex();
+            }
         }
     }
 
@@ -157,7 +198,8 @@ impl Tables {
         let matches = |r: &Registered| {
             r.worker.url() == url && model.is_none_or(|m| std::ptr::eq(&*r.model, m))
         };
-        self.by_key.retain(|(_, r)| !matches(r));
+        self.workers.retain(|r| !matches(r));
+        self.reindex();
         for (_, list) in &mut self.native {
             list.retain(|r| !matches(r));
         }
@@ -168,7 +210,7 @@ impl fmt::Debug for Tables {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Tables")
             .field("models", &self.models.len())
-            .field("workers", &self.by_key.len())
+            .field("workers", &self.workers.len())
             .finish()
     }
 }
