@@ -13,7 +13,7 @@ use crate::cow::CowCell;
 use crate::error::RouteError;
 use crate::evictor::{Evictor, Housekeeper, Waker};
 use crate::metrics::{Counters, MetricsSnapshot, WorkerStats};
-use crate::sync::Ordering;
+use crate::sync::{AtomicU64, Ordering};
 use crate::tenant::TenantId;
 use crate::tree::EvictionStats;
 use crate::worker::{LoadTicket, Worker};
@@ -37,6 +37,7 @@ pub struct CacheAwarePolicy {
 pub struct CacheAwarePolicyBuilder {
     config: CacheAwareConfig,
     miss_rule: MissRule,
+    tie_seed: Option<u64>,
 }
 
 impl CacheAwarePolicyBuilder {
@@ -52,6 +53,14 @@ impl CacheAwarePolicyBuilder {
         self
     }
 
+    /// Breaks load ties with one RNG seeded by `seed`, shared by all threads, so a replay is
+    /// reproducible (simulations, tests). Without it each thread has its own unseeded RNG,
+    /// which is what a proxy wants: no shared state on the routing path.
+    pub fn tie_seed(mut self, seed: u64) -> Self {
+        self.tie_seed = Some(seed);
+        self
+    }
+
     /// The policy; fails on an invalid config or if the evictor thread cannot start.
     pub fn build(self) -> Result<CacheAwarePolicy, ConfigError> {
         self.config.validate()?;
@@ -60,6 +69,9 @@ impl CacheAwarePolicyBuilder {
         let shared = Arc::new(Shared {
             config: self.config,
             miss_rule: self.miss_rule,
+            ties: self
+                .tie_seed
+                .map(|seed| AtomicU64::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)),
             tables: CowCell::new(Tables::default()),
             counters: Counters::new(),
             waker: (interval > 0).then_some(waker),
@@ -105,6 +117,8 @@ impl Candidate {
 struct Shared {
     config: CacheAwareConfig,
     miss_rule: MissRule,
+    /// The seeded tie-breaking RNG state, if `tie_seed` was given.
+    ties: Option<AtomicU64>,
     tables: CowCell<Tables>,
     counters: Counters,
     waker: Option<Waker>,
@@ -118,16 +132,32 @@ thread_local! {
     });
 }
 
-/// A uniform draw in `0..n` (xorshift64*), for breaking ties.
-fn draw(n: u64) -> u64 {
-    RNG.with(|r| {
-        let mut x = r.get();
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        r.set(x);
+fn xorshift(mut x: u64) -> u64 {
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    x
+}
+
+impl Shared {
+    /// A uniform draw in `0..n` (xorshift64*), for breaking ties: from the seeded shared state
+    /// when there is one (`Relaxed`: only the sequence matters, and seeded runs are replays),
+    /// else from this thread's own state.
+    fn draw(&self, n: u64) -> u64 {
+        let x = match &self.ties {
+            Some(state) => {
+                let next = xorshift(state.load(Ordering::Relaxed));
+                state.store(next, Ordering::Relaxed);
+                next
+            }
+            None => RNG.with(|r| {
+                let next = xorshift(r.get());
+                r.set(next);
+                next
+            }),
+        };
         x.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
-    })
+    }
 }
 
 impl Shared {
@@ -171,7 +201,7 @@ impl Shared {
                 (min, ties, first_least, random_least) = (c.load, 1, Some(*c), Some(*c));
             } else if c.load == min {
                 ties += 1;
-                if draw(ties) == 0 {
+                if self.draw(ties) == 0 {
                     random_least = Some(*c);
                 }
             }

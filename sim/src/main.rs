@@ -1,0 +1,201 @@
+//! The routing simulator: replays a request trace through routing policies over simulated
+//! workers with real prefix KV caches, and reports what each policy buys (cache hits, time to
+//! first token, balance) and what it costs (ns per routing decision).
+//!
+//! `cargo run --release` replays a built-in trace; `--trace FILE.jsonl` replays a Mooncake
+//! trace (`../shared/traces/mooncake_synthetic_trace.jsonl` is a real one). `--help` lists
+//! every flag.
+
+mod cache;
+mod model;
+mod report;
+mod trace;
+
+use cache_aware_router::{CacheAwareConfig, ConfigError};
+use clap::Parser;
+use model::{make_router, simulate, SimConfig, POLICIES};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Replays a request trace through routing policies and reports, per policy: token cache hit
+/// rate, hit rate relative to the oracle, mean and p99 time to first token (TTFT), balance, and
+/// the router's own cost per decision.
+///
+/// Model: each worker serves one request at a time in arrival order, with an LRU prefix cache
+/// of 512-token blocks; a request hits the longest run of its leading blocks cached there.
+/// Prefill takes --prefill-us-per-token per uncached prompt token, decode
+/// --decode-ms-per-token per output token; TTFT = queue wait + prefill. The router sees only
+/// the prompt's text: each block id becomes a fixed block of --chars-per-block chars.
+#[derive(Parser, Debug)]
+#[command(name = "router-sim", version)]
+struct Args {
+    /// A Mooncake-format JSONL trace (timestamp ms, input_length, output_length, hash_ids).
+    /// Default: a built-in trace of the same shape (seeded by --seed).
+    #[arg(long)]
+    trace: Option<PathBuf>,
+    /// Requests in the built-in trace.
+    #[arg(long, default_value_t = 4000)]
+    requests: usize,
+    /// Simulated workers.
+    #[arg(long, default_value_t = 8)]
+    workers: usize,
+    /// Policies to compare, comma-separated: cache-aware, round-robin, random, power-of-two,
+    /// least-load, prefix-hash, oracle. Default: all.
+    #[arg(long, value_delimiter = ',')]
+    policy: Vec<String>,
+    /// Tokens each worker's KV cache holds. Default: half the trace's distinct prefix tokens,
+    /// so the trace does not fit in one worker.
+    #[arg(long)]
+    cache_tokens: Option<u64>,
+    /// Cache-aware: match ratio above which the matching worker is chosen, in [0, 1].
+    #[arg(long, default_value_t = 0.3)]
+    cache_threshold: f32,
+    /// Cache-aware: imbalance needs max load - min load above this.
+    #[arg(long, default_value_t = 64)]
+    balance_abs_threshold: usize,
+    /// Cache-aware: imbalance also needs max load > min load x this (>= 1).
+    #[arg(long, default_value_t = 1.5)]
+    balance_rel_threshold: f32,
+    /// Chars of text one 512-token block becomes (about 2,048 for real text).
+    #[arg(long, default_value_t = 256)]
+    chars_per_block: usize,
+    /// Replay this many times faster than the trace's timestamps.
+    #[arg(long, default_value_t = 1.0)]
+    speedup: f64,
+    /// Prefill time per uncached prompt token, in microseconds.
+    #[arg(long, default_value_t = 25.0)]
+    prefill_us_per_token: f64,
+    /// Decode time per output token, in milliseconds.
+    #[arg(long, default_value_t = 2.0)]
+    decode_ms_per_token: f64,
+    /// Seed of the built-in trace and of the random policies.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Also write the report as CSV to this file.
+    #[arg(long)]
+    csv: Option<PathBuf>,
+}
+
+/// Writes `data` to `path` through a temporary file, so a failure leaves nothing half-written.
+fn write_atomically(path: &Path, data: &str) -> Result<(), String> {
+    let tmp = path.with_extension("tmp-router-sim");
+    std::fs::write(&tmp, data)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            format!("cannot write {}: {e}", path.display())
+        })
+}
+
+fn run(args: Args) -> Result<(), String> {
+    if args.workers == 0 {
+        return Err("--workers must be at least 1".into());
+    }
+    if !(args.speedup > 0.0 && args.speedup.is_finite()) {
+        return Err("--speedup must be a positive number".into());
+    }
+    if args.chars_per_block == 0 {
+        return Err("--chars-per-block must be at least 1".into());
+    }
+    let policies: Vec<String> = if args.policy.is_empty() {
+        POLICIES.iter().map(|s| s.to_string()).collect()
+    } else {
+        args.policy.clone()
+    };
+    let cache_aware = CacheAwareConfig {
+        cache_threshold: args.cache_threshold,
+        balance_abs_threshold: args.balance_abs_threshold,
+        balance_rel_threshold: args.balance_rel_threshold,
+        ..CacheAwareConfig::default()
+    };
+    cache_aware.validate().map_err(|e| {
+        let flag = match e {
+            ConfigError::CacheThreshold(_) => "--cache-threshold",
+            ConfigError::BalanceRelThreshold(_) => "--balance-rel-threshold",
+            _ => "cache-aware config",
+        };
+        format!("{flag}: {e}")
+    })?;
+    let (requests, source) = match &args.trace {
+        Some(path) => (trace::load(path)?, path.display().to_string()),
+        None => (
+            trace::generate(args.requests, args.seed),
+            format!("built-in trace (seed {})", args.seed),
+        ),
+    };
+    let distinct: std::collections::HashSet<u64> = requests
+        .iter()
+        .flat_map(|r| r.hash_ids.iter().copied())
+        .collect();
+    let cache_blocks = match args.cache_tokens {
+        Some(t) => (t / trace::TOKENS_PER_BLOCK) as usize,
+        None => distinct.len().div_ceil(2),
+    };
+    let cfg = SimConfig {
+        workers: args.workers,
+        cache_blocks,
+        prefill_us_per_token: args.prefill_us_per_token,
+        decode_ms_per_token: args.decode_ms_per_token,
+        speedup: args.speedup,
+        chars_per_block: args.chars_per_block,
+        cache_aware,
+        seed: args.seed,
+    };
+    let mut routers = Vec::new();
+    for p in &policies {
+        routers.push((p.clone(), make_router(p, &cfg)?));
+    }
+    let texts: Vec<String> = requests
+        .iter()
+        .map(|r| trace::text_of(r, cfg.chars_per_block))
+        .collect();
+    println!(
+        "{} requests from {source}; {} workers, {} blocks ({} tokens) of cache each, {} distinct blocks in the trace",
+        requests.len(),
+        cfg.workers,
+        cfg.cache_blocks,
+        cfg.cache_blocks as u64 * trace::TOKENS_PER_BLOCK,
+        distinct.len()
+    );
+    let bar = indicatif::ProgressBar::new((requests.len() * routers.len()) as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}")
+            .expect("a valid template"),
+    );
+    let mut outcomes = Vec::new();
+    for (name, router) in &mut routers {
+        bar.set_message(name.clone());
+        outcomes.push(simulate(
+            name,
+            &mut **router,
+            &requests,
+            &texts,
+            &cfg,
+            || bar.inc(1),
+        ));
+    }
+    bar.finish_and_clear();
+    let rows = report::rows(&outcomes);
+    println!("{}", report::table(&rows));
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?;
+        write_atomically(path, &json)?;
+    }
+    if let Some(path) = &args.csv {
+        write_atomically(path, &report::csv(&rows))?;
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,369 @@
+//! The simulation: workers with a prefix KV cache and a FIFO queue, routing policies, and the
+//! replay loop.
+//!
+//! Model (documented in `--help`): a worker serves one request at a time, in arrival order. A
+//! request routed to it hits the longest run of its leading blocks in that worker's cache; its
+//! prefill takes `prefill_us_per_token` per uncached prompt token, then decoding takes
+//! `decode_ms_per_token` per output token. Time to first token (TTFT) = queue wait + prefill.
+//! A worker's load is its queued and running requests. The router sees only the prompt's text.
+
+use crate::cache::BlockCache;
+use crate::trace::{Request, Rng, TOKENS_PER_BLOCK};
+use cache_aware_router::{
+    BasicWorkerBuilder, CacheAwareConfig, CacheAwarePolicy, LoadTicket, Worker,
+};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Everything the simulation is run with.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub workers: usize,
+    /// Blocks each worker's KV cache holds.
+    pub cache_blocks: usize,
+    pub prefill_us_per_token: f64,
+    pub decode_ms_per_token: f64,
+    /// Replay this many times faster than the trace's timestamps.
+    pub speedup: f64,
+    pub chars_per_block: usize,
+    pub cache_aware: CacheAwareConfig,
+    pub seed: u64,
+}
+
+/// What the routers may look at: in-flight counts, and (for the oracle only) the real caches
+/// and queues.
+pub struct Cluster {
+    pub in_flight: Vec<usize>,
+    pub busy_until_us: Vec<f64>,
+    pub caches: Vec<BlockCache>,
+}
+
+/// Every policy the simulator compares.
+pub const POLICIES: &[&str] = &[
+    "cache-aware",
+    "round-robin",
+    "random",
+    "power-of-two",
+    "least-load",
+    "prefix-hash",
+    "oracle",
+];
+
+/// A routing policy under simulation.
+pub trait Router {
+    /// The worker for `req` (whose prompt text is `text`), arriving at `now_us`.
+    fn route(&mut self, req: &Request, text: &str, now_us: f64, cluster: &Cluster) -> usize;
+    /// Called when a request routed to `worker` finishes.
+    fn complete(&mut self, _worker: usize, _request: usize) {}
+}
+
+pub fn make_router(name: &str, cfg: &SimConfig) -> Result<Box<dyn Router>, String> {
+    let n = cfg.workers;
+    Ok(match name {
+        "cache-aware" => Box::new(CacheAware::new(cfg)?),
+        "round-robin" => Box::new(RoundRobin(0)),
+        "random" => Box::new(RandomPick(Rng::new(cfg.seed))),
+        "power-of-two" => Box::new(PowerOfTwo(Rng::new(cfg.seed))),
+        "least-load" => Box::new(LeastLoad),
+        "prefix-hash" => Box::new(PrefixHash::new(n, cfg.chars_per_block)),
+        "oracle" => Box::new(Oracle {
+            prefill_us_per_token: cfg.prefill_us_per_token,
+        }),
+        other => {
+            return Err(format!(
+                "unknown policy {other:?}: choose from {}",
+                POLICIES.join(", ")
+            ))
+        }
+    })
+}
+
+/// Our engine, through its native API: the ticket holds the worker's load until the simulated
+/// request finishes.
+struct CacheAware {
+    policy: CacheAwarePolicy,
+    tickets: std::collections::HashMap<usize, LoadTicket>,
+    next_request: usize,
+}
+
+impl CacheAware {
+    fn new(cfg: &SimConfig) -> Result<Self, String> {
+        let policy = CacheAwarePolicy::builder()
+            .config(CacheAwareConfig {
+                eviction_interval_secs: 0,
+                ..cfg.cache_aware.clone()
+            })
+            .tie_seed(cfg.seed)
+            .build()
+            .map_err(|e| e.to_string())?;
+        for i in 0..cfg.workers {
+            let w: Arc<dyn Worker> =
+                Arc::new(BasicWorkerBuilder::new(format!("sim://worker-{i}")).build());
+            policy.register_worker(w).map_err(|e| e.to_string())?;
+        }
+        Ok(Self {
+            policy,
+            tickets: Default::default(),
+            next_request: 0,
+        })
+    }
+}
+
+impl Router for CacheAware {
+    fn route(&mut self, _req: &Request, text: &str, _now: f64, _cluster: &Cluster) -> usize {
+        let ticket = self
+            .policy
+            .route("", text)
+            .expect("simulated workers are always healthy");
+        let index = ticket.index();
+        self.tickets.insert(self.next_request, ticket);
+        self.next_request += 1;
+        index
+    }
+    fn complete(&mut self, _worker: usize, request: usize) {
+        self.tickets.remove(&request);
+    }
+}
+
+struct RoundRobin(usize);
+impl Router for RoundRobin {
+    fn route(&mut self, _: &Request, _: &str, _: f64, c: &Cluster) -> usize {
+        self.0 += 1;
+        (self.0 - 1) % c.in_flight.len()
+    }
+}
+
+struct RandomPick(Rng);
+impl Router for RandomPick {
+    fn route(&mut self, _: &Request, _: &str, _: f64, c: &Cluster) -> usize {
+        self.0.below(c.in_flight.len() as u64) as usize
+    }
+}
+
+struct PowerOfTwo(Rng);
+impl Router for PowerOfTwo {
+    fn route(&mut self, _: &Request, _: &str, _: f64, c: &Cluster) -> usize {
+        let n = c.in_flight.len() as u64;
+        let (a, b) = (self.0.below(n) as usize, self.0.below(n) as usize);
+        if c.in_flight[b] < c.in_flight[a] {
+            b
+        } else {
+            a
+        }
+    }
+}
+
+struct LeastLoad;
+impl Router for LeastLoad {
+    fn route(&mut self, _: &Request, _: &str, _: f64, c: &Cluster) -> usize {
+        (0..c.in_flight.len())
+            .min_by_key(|&i| c.in_flight[i])
+            .unwrap_or(0)
+    }
+}
+
+/// Consistent hashing of the first block's text on a ring of virtual nodes, with bounded load:
+/// a worker over `(1 + EPSILON)` times the mean in-flight load is skipped for the next one on
+/// the ring.
+struct PrefixHash {
+    ring: Vec<(u64, usize)>,
+    chars_per_block: usize,
+}
+
+impl PrefixHash {
+    const VIRTUAL_NODES: u64 = 64;
+    const EPSILON: f64 = 0.25;
+
+    fn new(workers: usize, chars_per_block: usize) -> Self {
+        let mut ring: Vec<(u64, usize)> = (0..workers)
+            .flat_map(|w| {
+                (0..Self::VIRTUAL_NODES).map(move |v| (fnv(format!("{w}/{v}").as_bytes()), w))
+            })
+            .collect();
+        ring.sort();
+        Self {
+            ring,
+            chars_per_block,
+        }
+    }
+}
+
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ *b as u64).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+impl Router for PrefixHash {
+    fn route(&mut self, _: &Request, text: &str, _: f64, c: &Cluster) -> usize {
+        let first = &text.as_bytes()[..text.len().min(self.chars_per_block)];
+        let h = fnv(first);
+        let total: usize = c.in_flight.iter().sum();
+        let bound =
+            ((1.0 + Self::EPSILON) * (total + 1) as f64 / c.in_flight.len() as f64).ceil() as usize;
+        let start = self.ring.partition_point(|(k, _)| *k < h);
+        (0..self.ring.len())
+            .map(|i| self.ring[(start + i) % self.ring.len()].1)
+            .find(|&w| c.in_flight[w] < bound)
+            .unwrap_or(self.ring[start % self.ring.len()].1)
+    }
+}
+
+/// Exact knowledge of every cache and queue: the worker with the lowest modelled TTFT.
+struct Oracle {
+    prefill_us_per_token: f64,
+}
+
+impl Router for Oracle {
+    fn route(&mut self, req: &Request, _: &str, now: f64, c: &Cluster) -> usize {
+        let ttft = |w: usize| {
+            let hit = c.caches[w].leading_hits(&req.hash_ids) as u64 * TOKENS_PER_BLOCK;
+            let wait = (c.busy_until_us[w] - now).max(0.0);
+            wait + req.input_length.saturating_sub(hit) as f64 * self.prefill_us_per_token
+        };
+        (0..c.caches.len())
+            .min_by(|&a, &b| ttft(a).total_cmp(&ttft(b)))
+            .unwrap_or(0)
+    }
+}
+
+/// What one policy's replay measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Outcome {
+    pub policy: String,
+    pub requests: usize,
+    pub input_tokens: u64,
+    pub hit_tokens: u64,
+    pub ttft_ms: Vec<f64>,
+    pub per_worker: Vec<usize>,
+    /// Wall-clock ns of each routing decision (the router's own cost).
+    pub route_ns: Vec<u64>,
+}
+
+/// Replays `requests` (with their prompt `texts`) through `router`.
+pub fn simulate(
+    name: &str,
+    router: &mut dyn Router,
+    requests: &[Request],
+    texts: &[String],
+    cfg: &SimConfig,
+    mut progress: impl FnMut(),
+) -> Outcome {
+    let n = cfg.workers;
+    let mut cluster = Cluster {
+        in_flight: vec![0; n],
+        busy_until_us: vec![0.0; n],
+        caches: vec![BlockCache::new(cfg.cache_blocks); n],
+    };
+    // (finish time in ns as an integer for ordering, worker, request index)
+    let mut running: BinaryHeap<Reverse<(u64, usize, usize)>> = BinaryHeap::new();
+    let mut out = Outcome {
+        policy: name.to_string(),
+        requests: requests.len(),
+        input_tokens: 0,
+        hit_tokens: 0,
+        ttft_ms: Vec::with_capacity(requests.len()),
+        per_worker: vec![0; n],
+        route_ns: Vec::with_capacity(requests.len()),
+    };
+    for (i, req) in requests.iter().enumerate() {
+        let now = req.timestamp as f64 * 1000.0 / cfg.speedup;
+        while let Some(Reverse((finish, w, r))) = running.peek().copied() {
+            if finish as f64 / 1000.0 > now {
+                break;
+            }
+            running.pop();
+            cluster.in_flight[w] -= 1;
+            router.complete(w, r);
+        }
+        let start = Instant::now();
+        let w = router.route(req, &texts[i], now, &cluster);
+        out.route_ns.push(start.elapsed().as_nanos() as u64);
+        let hit = (cluster.caches[w].leading_hits(&req.hash_ids) as u64 * TOKENS_PER_BLOCK)
+            .min(req.input_length);
+        let prefill = (req.input_length - hit) as f64 * cfg.prefill_us_per_token;
+        let begin = now.max(cluster.busy_until_us[w]);
+        let finish = begin + prefill + req.output_length as f64 * cfg.decode_ms_per_token * 1000.0;
+        cluster.busy_until_us[w] = finish;
+        cluster.in_flight[w] += 1;
+        cluster.caches[w].touch(&req.hash_ids);
+        running.push(Reverse(((finish * 1000.0) as u64, w, i)));
+        out.input_tokens += req.input_length;
+        out.hit_tokens += hit;
+        out.ttft_ms.push((begin - now + prefill) / 1000.0);
+        out.per_worker[w] += 1;
+        progress();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::{generate, text_of};
+
+    fn cfg() -> SimConfig {
+        SimConfig {
+            workers: 4,
+            cache_blocks: 200,
+            prefill_us_per_token: 25.0,
+            decode_ms_per_token: 2.0,
+            speedup: 1.0,
+            chars_per_block: 32,
+            cache_aware: CacheAwareConfig::default(),
+            seed: 1,
+        }
+    }
+
+    fn run(policy: &str, reqs: &[Request], cfg: &SimConfig) -> Outcome {
+        let texts: Vec<String> = reqs
+            .iter()
+            .map(|r| text_of(r, cfg.chars_per_block))
+            .collect();
+        let mut router = make_router(policy, cfg).unwrap();
+        simulate(policy, &mut *router, reqs, &texts, cfg, || {})
+    }
+
+    #[test]
+    fn the_oracle_has_the_lowest_mean_ttft_on_the_built_in_trace() {
+        let reqs = generate(1500, 3);
+        let cfg = cfg();
+        let mean = |o: &Outcome| o.ttft_ms.iter().sum::<f64>() / o.ttft_ms.len() as f64;
+        let oracle = mean(&run("oracle", &reqs, &cfg));
+        for p in POLICIES.iter().filter(|p| **p != "oracle") {
+            let m = mean(&run(p, &reqs, &cfg));
+            assert!(oracle <= m, "oracle {oracle:.1} ms vs {p} {m:.1} ms");
+        }
+    }
+
+    #[test]
+    fn a_replay_is_deterministic_apart_from_router_time() {
+        let reqs = generate(400, 9);
+        for p in POLICIES {
+            let (a, b) = (run(p, &reqs, &cfg()), run(p, &reqs, &cfg()));
+            assert_eq!(
+                (a.hit_tokens, &a.per_worker),
+                (b.hit_tokens, &b.per_worker),
+                "{p}"
+            );
+            assert_eq!(a.ttft_ms, b.ttft_ms, "{p}");
+        }
+    }
+
+    #[test]
+    fn cache_aware_wins_hits_over_round_robin() {
+        let reqs = generate(1500, 5);
+        let cfg = cfg();
+        let ca = run("cache-aware", &reqs, &cfg);
+        let rr = run("round-robin", &reqs, &cfg);
+        assert!(
+            ca.hit_tokens > rr.hit_tokens,
+            "{} vs {}",
+            ca.hit_tokens,
+            rr.hit_tokens
+        );
+        assert!(make_router("fastest", &cfg).is_err());
+    }
+}

@@ -1,0 +1,110 @@
+//! One row per policy: cache hit rate, TTFT, balance, and the router's own cost.
+
+use crate::model::Outcome;
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Row {
+    pub policy: String,
+    pub hit_rate: f64,
+    /// `hit_rate` over the oracle's (None when the oracle was not run).
+    pub hit_vs_oracle: Option<f64>,
+    pub mean_ttft_ms: f64,
+    pub p99_ttft_ms: f64,
+    /// Requests on the busiest worker over requests on the idlest (None if one got none).
+    pub max_min_requests: Option<f64>,
+    pub route_mean_ns: f64,
+    pub route_p99_ns: f64,
+    pub decisions_per_s: f64,
+}
+
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+pub fn rows(outcomes: &[Outcome]) -> Vec<Row> {
+    let hit = |o: &Outcome| o.hit_tokens as f64 / o.input_tokens.max(1) as f64;
+    let oracle = outcomes.iter().find(|o| o.policy == "oracle").map(hit);
+    outcomes
+        .iter()
+        .map(|o| {
+            let mut ttft = o.ttft_ms.clone();
+            ttft.sort_by(f64::total_cmp);
+            let mut ns: Vec<f64> = o.route_ns.iter().map(|&n| n as f64).collect();
+            ns.sort_by(f64::total_cmp);
+            let mean_ns = ns.iter().sum::<f64>() / ns.len().max(1) as f64;
+            let (max, min) = (
+                *o.per_worker.iter().max().unwrap_or(&0),
+                *o.per_worker.iter().min().unwrap_or(&0),
+            );
+            Row {
+                policy: o.policy.clone(),
+                hit_rate: hit(o),
+                hit_vs_oracle: oracle.filter(|h| *h > 0.0).map(|h| hit(o) / h),
+                mean_ttft_ms: ttft.iter().sum::<f64>() / ttft.len().max(1) as f64,
+                p99_ttft_ms: quantile(&ttft, 0.99),
+                max_min_requests: (min > 0).then(|| max as f64 / min as f64),
+                route_mean_ns: mean_ns,
+                route_p99_ns: quantile(&ns, 0.99),
+                decisions_per_s: if mean_ns > 0.0 { 1e9 / mean_ns } else { 0.0 },
+            }
+        })
+        .collect()
+}
+
+pub fn table(rows: &[Row]) -> comfy_table::Table {
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
+    t.set_header(vec![
+        "policy",
+        "token hit rate",
+        "vs oracle",
+        "mean TTFT (ms)",
+        "p99 TTFT (ms)",
+        "max/min reqs per worker",
+        "route mean (ns)",
+        "route p99 (ns)",
+        "decisions/s",
+    ]);
+    for r in rows {
+        t.add_row(vec![
+            r.policy.clone(),
+            format!("{:.1}%", r.hit_rate * 100.0),
+            r.hit_vs_oracle
+                .map_or("-".into(), |v| format!("{:.1}%", v * 100.0)),
+            format!("{:.1}", r.mean_ttft_ms),
+            format!("{:.1}", r.p99_ttft_ms),
+            r.max_min_requests
+                .map_or("inf".into(), |v| format!("{v:.2}")),
+            format!("{:.0}", r.route_mean_ns),
+            format!("{:.0}", r.route_p99_ns),
+            format!("{:.0}", r.decisions_per_s),
+        ]);
+    }
+    t
+}
+
+pub fn csv(rows: &[Row]) -> String {
+    let mut s = String::from(
+        "policy,hit_rate,hit_vs_oracle,mean_ttft_ms,p99_ttft_ms,max_min_requests,route_mean_ns,route_p99_ns,decisions_per_s\n",
+    );
+    for r in rows {
+        let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.6}"));
+        s.push_str(&format!(
+            "{},{:.6},{},{:.3},{:.3},{},{:.1},{:.1},{:.1}\n",
+            r.policy,
+            r.hit_rate,
+            opt(r.hit_vs_oracle),
+            r.mean_ttft_ms,
+            r.p99_ttft_ms,
+            opt(r.max_min_requests),
+            r.route_mean_ns,
+            r.route_p99_ns,
+            r.decisions_per_s
+        ));
+    }
+    s
+}

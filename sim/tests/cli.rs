@@ -1,0 +1,87 @@
+//! The simulator as a user runs it: exit codes, messages, outputs.
+
+use std::process::Command;
+
+fn sim(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_router-sim"))
+        .args(args)
+        .output()
+        .expect("the binary runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_default_run_reports_every_policy() {
+    let (code, stdout, _) = sim(&["--requests", "600"]);
+    assert_eq!(code, 0);
+    for p in [
+        "cache-aware",
+        "round-robin",
+        "random",
+        "power-of-two",
+        "least-load",
+        "prefix-hash",
+        "oracle",
+    ] {
+        assert!(stdout.contains(p), "missing {p} in:\n{stdout}");
+    }
+}
+
+#[test]
+fn bad_input_exits_2_naming_the_flag_or_line_and_writes_nothing() {
+    let dir = std::env::temp_dir().join(format!("router-sim-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let trace = dir.join("bad.jsonl");
+    std::fs::write(
+        &trace,
+        "{\"timestamp\": 1, \"input_length\": 5, \"output_length\": 1, \"hash_ids\": [1]}\n{oops\n",
+    )
+    .unwrap();
+    let json = dir.join("out.json");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--workers", "0"], "--workers"),
+        (vec!["--policy", "fastest"], "unknown policy"),
+        (vec!["--cache-threshold", "1.5"], "--cache-threshold"),
+        (
+            vec![
+                "--trace",
+                trace.to_str().unwrap(),
+                "--json",
+                json.to_str().unwrap(),
+            ],
+            "line 2",
+        ),
+    ];
+    for (args, needle) in cases {
+        let (code, _, stderr) = sim(&args);
+        assert_eq!(code, 2, "{args:?}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+    assert!(!json.exists(), "nothing half-written");
+}
+
+#[test]
+fn json_and_csv_outputs_hold_one_row_per_policy() {
+    let dir = std::env::temp_dir().join(format!("router-sim-out-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (json, csv) = (dir.join("r.json"), dir.join("r.csv"));
+    let (code, _, _) = sim(&[
+        "--requests",
+        "300",
+        "--policy",
+        "cache-aware,oracle",
+        "--json",
+        json.to_str().unwrap(),
+        "--csv",
+        csv.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0);
+    let rows: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 2);
+    assert_eq!(std::fs::read_to_string(&csv).unwrap().lines().count(), 3);
+}
