@@ -27,7 +27,7 @@ pub use error::{RouteError, TreeError};
 pub use metrics::{MetricsSnapshot, WorkerStats};
 pub use policy::{
     get_healthy_worker_indices, CacheAwareConfig, CacheAwarePolicy, CacheAwarePolicyBuilder,
-    ConfigError, LoadBalancingPolicy, MissRule,
+    ConfigError, LoadBalancingPolicy, MissRule, SelectionRule,
 };
 pub use tenant::TenantId;
 pub use tree::{EvictionStats, Holders, MatchCounts, MatchOutcome, Tree, TreeConfig};

@@ -396,3 +396,40 @@ fn fleets_larger_than_the_stack_snapshot_route_the_same() {
         seen.len()
     );
 }
+
+#[test]
+fn cost_aware_selection_trades_a_match_against_a_queue() {
+    use cache_aware_router::SelectionRule;
+    let build = |rule| {
+        CacheAwarePolicy::builder()
+            .config(no_evictor())
+            .selection(rule)
+            .tie_seed(7)
+            .build()
+            .unwrap()
+    };
+    let prompt = "a long shared prefix that one worker has cached already. ".repeat(8);
+    for (rule, expect_cached_worker) in [
+        (SelectionRule::Threshold, true),
+        (SelectionRule::CostAware, false),
+    ] {
+        let policy = build(rule);
+        let ws = workers(2, "");
+        policy.init_workers(&ws);
+        let cached = policy.select_worker(&ws, Some(&prompt)).unwrap();
+        // Idle cluster: both rules follow the cache.
+        assert_eq!(
+            policy.select_worker(&ws, Some(&prompt)),
+            Some(cached),
+            "{rule:?}"
+        );
+        // Three requests queued on the cached worker: below the imbalance threshold (64), so
+        // the seed's rule still sends the prompt there; cost-aware finds three queued prompts
+        // cost more than one prefill and picks the idle worker.
+        for _ in 0..3 {
+            ws[cached].increment_load();
+        }
+        let got = policy.select_worker(&ws, Some(&prompt)).unwrap();
+        assert_eq!(got == cached, expect_cached_worker, "{rule:?}");
+    }
+}

@@ -39,8 +39,10 @@ struct Args {
     /// Simulated workers.
     #[arg(long, default_value_t = 8)]
     workers: usize,
-    /// Policies to compare, comma-separated: cache-aware, round-robin, random, power-of-two,
-    /// least-load, prefix-hash, oracle. Default: all.
+    /// Policies to compare, comma-separated: cache-aware (the seed's threshold rule),
+    /// cache-aware-cost (cost-aware choice: queued work + unmatched prefill), round-robin,
+    /// random, power-of-two, least-load, prefix-hash (consistent hashing on the first block,
+    /// bounded load), oracle (exact caches and queues: lowest modelled TTFT). Default: all.
     #[arg(long, value_delimiter = ',')]
     policy: Vec<String>,
     /// Tokens each worker's KV cache holds. Default: half the trace's distinct prefix tokens,

@@ -10,7 +10,7 @@
 use crate::cache::BlockCache;
 use crate::trace::{Request, Rng, TOKENS_PER_BLOCK};
 use cache_aware_router::{
-    BasicWorkerBuilder, CacheAwareConfig, CacheAwarePolicy, LoadTicket, Worker,
+    BasicWorkerBuilder, CacheAwareConfig, CacheAwarePolicy, LoadTicket, SelectionRule, Worker,
 };
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -43,6 +43,7 @@ pub struct Cluster {
 /// Every policy the simulator compares.
 pub const POLICIES: &[&str] = &[
     "cache-aware",
+    "cache-aware-cost",
     "round-robin",
     "random",
     "power-of-two",
@@ -62,7 +63,8 @@ pub trait Router {
 pub fn make_router(name: &str, cfg: &SimConfig) -> Result<Box<dyn Router>, String> {
     let n = cfg.workers;
     Ok(match name {
-        "cache-aware" => Box::new(CacheAware::new(cfg)?),
+        "cache-aware" => Box::new(CacheAware::new(cfg, SelectionRule::Threshold)?),
+        "cache-aware-cost" => Box::new(CacheAware::new(cfg, SelectionRule::CostAware)?),
         "round-robin" => Box::new(RoundRobin(0)),
         "random" => Box::new(RandomPick(Rng::new(cfg.seed))),
         "power-of-two" => Box::new(PowerOfTwo(Rng::new(cfg.seed))),
@@ -89,8 +91,9 @@ struct CacheAware {
 }
 
 impl CacheAware {
-    fn new(cfg: &SimConfig) -> Result<Self, String> {
+    fn new(cfg: &SimConfig, selection: SelectionRule) -> Result<Self, String> {
         let policy = CacheAwarePolicy::builder()
+            .selection(selection)
             .config(CacheAwareConfig {
                 eviction_interval_secs: 0,
                 ..cfg.cache_aware.clone()

@@ -5,7 +5,7 @@
 //! inserts → worker index (→ load ticket on the native API). The tables are copied on write, so
 //! registrations never stop routing; see `models.rs` and `cow.rs`.
 
-use super::config::{CacheAwareConfig, ConfigError, MissRule};
+use super::config::{CacheAwareConfig, ConfigError, MissRule, SelectionRule};
 use super::models::{tree_key, ModelState, Registered, Tables};
 use super::LoadBalancingPolicy;
 use crate::constants::INLINE_WORKERS;
@@ -37,6 +37,7 @@ pub struct CacheAwarePolicy {
 pub struct CacheAwarePolicyBuilder {
     config: CacheAwareConfig,
     miss_rule: MissRule,
+    selection: SelectionRule,
     tie_seed: Option<u64>,
 }
 
@@ -50,6 +51,12 @@ impl CacheAwarePolicyBuilder {
     /// How misses are routed (default: least loaded, random ties).
     pub fn miss_rule(mut self, rule: MissRule) -> Self {
         self.miss_rule = rule;
+        self
+    }
+
+    /// How balanced requests pick a worker (default: the seed's threshold rule).
+    pub fn selection(mut self, rule: SelectionRule) -> Self {
+        self.selection = rule;
         self
     }
 
@@ -69,6 +76,8 @@ impl CacheAwarePolicyBuilder {
         let shared = Arc::new(Shared {
             config: self.config,
             miss_rule: self.miss_rule,
+            selection: self.selection,
+            mean_chars: AtomicU64::new(0),
             ties: self
                 .tie_seed
                 .map(|seed| AtomicU64::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)),
@@ -96,6 +105,8 @@ struct Candidate {
     tenant: TenantId,
     index: usize,
     load: usize,
+    /// Chars of the prompt it holds (cost-aware rule).
+    matched: usize,
 }
 
 impl Candidate {
@@ -103,6 +114,7 @@ impl Candidate {
         tenant: TenantId::FIRST,
         index: 0,
         load: 0,
+        matched: 0,
     };
 
     fn of(index: usize, r: &Registered) -> Self {
@@ -110,6 +122,7 @@ impl Candidate {
             tenant: r.tenant,
             index,
             load: r.worker.load(),
+            matched: 0,
         }
     }
 }
@@ -117,6 +130,11 @@ impl Candidate {
 struct Shared {
     config: CacheAwareConfig,
     miss_rule: MissRule,
+    selection: SelectionRule,
+    /// Running mean of request size in chars (cost-aware rule): what one queued request costs.
+    /// Updated with a plain `Relaxed` load and store, not an RMW: an estimate, and a lost
+    /// update between two threads is harmless.
+    mean_chars: AtomicU64,
     /// The seeded tie-breaking RNG state, if `tie_seed` was given.
     ties: Option<AtomicU64>,
     tables: CowCell<Tables>,
@@ -213,8 +231,43 @@ impl Shared {
         let imbalanced = self.config.is_imbalanced(max, min);
         let threshold = self.config.cache_threshold;
         let (mut chosen, mut hit) = (least, false);
+        let selection = self.selection;
+        let queue_cost = self.mean_chars.load(Ordering::Relaxed) as usize;
+        let mut total_chars = 0;
         model.tree.match_and_insert(text, |counts, holders| {
-            if !imbalanced && counts.ratio() > threshold && !holders.is_empty() {
+            total_chars = counts.total_chars;
+            if !imbalanced && selection == SelectionRule::CostAware && !holders.is_empty() {
+                list.sort_unstable_by_key(|c| c.tenant);
+                holders.for_each_prefix(|tenant, chars| {
+                    if let Ok(i) = list.binary_search_by_key(&tenant, |c| c.tenant) {
+                        list[i].matched = list[i].matched.max(chars);
+                    }
+                });
+                if let Ok(i) = list.binary_search_by_key(&chosen.tenant, |c| c.tenant) {
+                    chosen = list[i];
+                }
+                // Lowest (cost, load), exact ties broken at random so misses still spread.
+                let key = |c: &Candidate| {
+                    (
+                        c.load * queue_cost + (counts.total_chars - c.matched),
+                        c.load,
+                    )
+                };
+                let mut ties = 0;
+                for c in list.iter() {
+                    match key(c).cmp(&key(&chosen)) {
+                        std::cmp::Ordering::Less => (chosen, ties) = (*c, 0),
+                        std::cmp::Ordering::Equal if c.index != chosen.index => {
+                            ties += 1;
+                            if self.draw(ties + 1) == 0 {
+                                chosen = *c;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                hit = chosen.matched as f32 > threshold * counts.total_chars as f32;
+            } else if !imbalanced && counts.ratio() > threshold && !holders.is_empty() {
                 // Among the eligible workers holding the matched prefix, the least loaded
                 // (the first holder on ties).
                 list.sort_unstable_by_key(|c| c.tenant);
@@ -232,6 +285,16 @@ impl Shared {
             }
             Some(chosen.tenant)
         });
+        if selection == SelectionRule::CostAware {
+            // Running mean over about 64 requests.
+            let mean = self.mean_chars.load(Ordering::Relaxed);
+            let next = if mean == 0 {
+                total_chars as u64
+            } else {
+                mean - mean / 64 + total_chars as u64 / 64
+            };
+            self.mean_chars.store(next, Ordering::Relaxed);
+        }
         let c = &self.counters;
         if imbalanced {
             c.load_balancing_events.add(1);
@@ -620,6 +683,7 @@ impl fmt::Debug for CacheAwarePolicy {
         f.debug_struct("CacheAwarePolicy")
             .field("config", &self.shared.config)
             .field("miss_rule", &self.shared.miss_rule)
+            .field("selection", &self.shared.selection)
             .field("tables", &self.shared.tables)
             .field("evictor", &self.evictor)
             .finish()

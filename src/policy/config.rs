@@ -14,6 +14,21 @@ pub enum MissRule {
     SmallestTree,
 }
 
+/// How a balanced request picks among workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SelectionRule {
+    /// The seed's rule (default): if more than `cache_threshold` of the prompt matches, the
+    /// least-loaded worker holding the longest match, however long its queue; else the miss
+    /// rule.
+    #[default]
+    Threshold,
+    /// Cost-aware: every eligible worker is scored by its queued work plus the prefill it would
+    /// still have to do, `load x mean request chars + unmatched chars`, where its match is the
+    /// longest prefix of the prompt it holds; the lowest score wins. A long match wins only
+    /// while the worker's queue does not cost more than the prefill it saves.
+    CostAware,
+}
+
 /// The seed's configuration, same fields. Defaults are the SGLang router's command-line
 /// defaults: threshold 0.3, imbalance when `max - min > 64` and `max > 1.5 * min`, eviction
 /// every 120 s, 2^26 chars per model tree.

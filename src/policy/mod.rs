@@ -5,7 +5,7 @@ mod config;
 mod models;
 
 pub use cache_aware::{CacheAwarePolicy, CacheAwarePolicyBuilder};
-pub use config::{CacheAwareConfig, ConfigError, MissRule};
+pub use config::{CacheAwareConfig, ConfigError, MissRule, SelectionRule};
 
 use crate::worker::Worker;
 use std::any::Any;

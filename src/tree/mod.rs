@@ -75,9 +75,24 @@ impl MatchCounts {
 /// The tenants holding the deepest node a match reached, as seen during the match.
 pub struct Holders<'a> {
     slots: &'a [crate::sync::AtomicU64],
+    path: &'a [walk::Step],
 }
 
 impl<'a> Holders<'a> {
+    /// For every tenant holding a node on the matched path: the chars of the text matched
+    /// through the deepest such node it was found on, deepest nodes first. A tenant is
+    /// reported once per path node that holds it; keep the largest. (Paths deeper than the 64
+    /// steps a match remembers report only their first 64 nodes.)
+    pub fn for_each_prefix(&self, mut f: impl FnMut(TenantId, usize)) {
+        for step in self.path.iter().rev() {
+            // SAFETY: steps point at nodes loaded under the guard that outlives `'a`.
+            let slots = unsafe { &(*step.node).slots };
+            for (id, _) in tenants::live(slots) {
+                f(id, step.chars_through);
+            }
+        }
+    }
+
     /// The live tenants, oldest attachment first.
     pub fn iter(&self) -> impl Iterator<Item = TenantId> + 'a {
         tenants::live(self.slots).map(|(id, _)| id)
@@ -220,6 +235,7 @@ impl Tree {
         };
         let holders = Holders {
             slots: self.deepest_slots(d.deepest, &guard),
+            path: d.steps(),
         };
         let tenant = choose(counts, holders).filter(|id| e.registry.check(*id).is_ok());
         if let Some(id) = tenant {

@@ -27,7 +27,10 @@ use crossbeam_epoch::{Guard, Owned, Shared};
 #[derive(Clone, Copy)]
 pub(crate) struct Step {
     pub(crate) node: *const Node,
+    /// Bytes of the node's label that matched.
     pub(crate) matched: usize,
+    /// Chars of the text matched up to and including this step.
+    pub(crate) chars_through: usize,
 }
 
 /// What a descent found.
@@ -48,6 +51,7 @@ impl Descent {
             steps: [Step {
                 node: std::ptr::null(),
                 matched: 0,
+                chars_through: 0,
             }; PATH_CAPACITY],
             depth: 0,
             total_depth: 0,
@@ -127,6 +131,7 @@ impl Engine {
             d.push(Step {
                 node: child.node,
                 matched: k,
+                chars_through: d.matched_chars,
             });
             if k < next.label.len() {
                 break;
