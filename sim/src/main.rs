@@ -8,6 +8,7 @@
 
 mod cache;
 mod model;
+mod plot;
 mod report;
 mod trace;
 
@@ -79,6 +80,9 @@ struct Args {
     /// Also write the report as CSV to this file.
     #[arg(long)]
     csv: Option<PathBuf>,
+    /// Also draw hit rate and p99 TTFT per policy into this SVG file.
+    #[arg(long)]
+    plot: Option<PathBuf>,
 }
 
 /// Writes `data` to `path` through a temporary file, so a failure leaves nothing half-written.
@@ -188,6 +192,13 @@ fn run(args: Args) -> Result<(), String> {
     }
     if let Some(path) = &args.csv {
         write_atomically(path, &report::csv(&rows))?;
+    }
+    if let Some(path) = &args.plot {
+        // Drawn to a temporary file first, like the other outputs.
+        let tmp = path.with_extension("tmp-router-sim.svg");
+        plot::draw(&tmp, &rows).and_then(|()| {
+            std::fs::rename(&tmp, path).map_err(|e| format!("cannot write {}: {e}", path.display()))
+        })?;
     }
     Ok(())
 }

@@ -84,4 +84,6 @@ fn json_and_csv_outputs_hold_one_row_per_policy() {
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(rows.as_array().unwrap().len(), 2);
     assert_eq!(std::fs::read_to_string(&csv).unwrap().lines().count(), 3);
+    let plot = std::fs::read_to_string(&svg).unwrap();
+    assert!(plot.contains("<svg") && plot.contains("cache-aware") && plot.contains("oracle"));
 }
