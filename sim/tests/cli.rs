@@ -68,7 +68,7 @@ fn bad_input_exits_2_naming_the_flag_or_line_and_writes_nothing() {
 fn json_and_csv_outputs_hold_one_row_per_policy() {
     let dir = std::env::temp_dir().join(format!("router-sim-out-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (json, csv) = (dir.join("r.json"), dir.join("r.csv"));
+    let (json, csv, svg) = (dir.join("r.json"), dir.join("r.csv"), dir.join("r.svg"));
     let (code, _, _) = sim(&[
         "--requests",
         "300",
@@ -78,6 +78,8 @@ fn json_and_csv_outputs_hold_one_row_per_policy() {
         json.to_str().unwrap(),
         "--csv",
         csv.to_str().unwrap(),
+        "--plot",
+        svg.to_str().unwrap(),
     ]);
     assert_eq!(code, 0);
     let rows: serde_json::Value =
