@@ -1,0 +1,49 @@
+//! A small HTTP reverse proxy in front of inference workers, routing with the cache-aware
+//! engine's native API:
+//!
+//! `cargo run --release --example proxy -- --listen 127.0.0.1:8080 --worker http://127.0.0.1:30000 --worker http://127.0.0.1:30001 [--model NAME]`
+//!
+//! Accepts `POST /v1/completions`, `/v1/chat/completions` and `/generate`; reports workers at
+//! `GET /workers` and the policy's counters at `GET /metrics` (Prometheus text).
+#![allow(missing_docs)]
+
+mod server;
+
+use clap::Parser;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// A worker's base URL (repeat for each worker).
+    #[arg(long = "worker", required = true)]
+    workers: Vec<String>,
+    /// The model the workers serve ("" is the default model).
+    #[arg(long, default_value = "")]
+    model: String,
+    /// Seconds between health probes of unhealthy workers.
+    #[arg(long, default_value_t = 1)]
+    probe_secs: u64,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), String> {
+    let args = Args::parse();
+    let state = server::State::new(&args.workers, &args.model)?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    println!(
+        "routing {} workers on http://{}",
+        state.workers.len(),
+        args.listen
+    );
+    tokio::spawn(server::probe(
+        state.clone(),
+        Duration::from_secs(args.probe_secs.max(1)),
+    ));
+    server::serve(listener, state).await;
+    Ok(())
+}

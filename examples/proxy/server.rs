@@ -1,0 +1,351 @@
+//! The proxy: routes OpenAI-style and SGLang-style requests with the native API and forwards
+//! them, holding each request's load ticket until its response body is fully sent or the
+//! client goes away. Used by `main.rs` and, in-process, by `tests/proxy.rs`.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use cache_aware_router::{
+    BasicWorker, BasicWorkerBuilder, CacheAwareConfig, CacheAwarePolicy, LoadTicket, Worker,
+};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::{Body, Frame, Incoming};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+pub(crate) type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// Request bodies larger than this are refused (413).
+const MAX_BODY: usize = 64 << 20;
+
+pub(crate) struct State {
+    pub(crate) policy: CacheAwarePolicy,
+    pub(crate) workers: Vec<Arc<BasicWorker>>,
+    pub(crate) model: String,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl State {
+    pub(crate) fn new(urls: &[String], model: &str) -> Result<Arc<Self>, String> {
+        let policy = CacheAwarePolicy::try_with_config(CacheAwareConfig::default())
+            .map_err(|e| e.to_string())?;
+        let mut workers = Vec::new();
+        for url in urls {
+            let w = Arc::new(
+                BasicWorkerBuilder::new(url.trim_end_matches('/'))
+                    .model_id(model)
+                    .build(),
+            );
+            policy
+                .register_worker(w.clone() as Arc<dyn Worker>)
+                .map_err(|e| e.to_string())?;
+            workers.push(w);
+        }
+        Ok(Arc::new(Self {
+            policy,
+            workers,
+            model: model.to_string(),
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }))
+    }
+}
+
+/// Serves connections from `listener` until the task is dropped.
+pub(crate) async fn serve(listener: TcpListener, state: Arc<State>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| handle(req, state.clone()));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// Marks unhealthy workers healthy again when `GET /health` answers 2xx; every `period`.
+pub(crate) async fn probe(state: Arc<State>, period: Duration) {
+    loop {
+        tokio::time::sleep(period).await;
+        for w in state.workers.iter().filter(|w| !w.is_healthy()) {
+            let Ok(uri) = format!("{}/health", w.url()).parse::<hyper::Uri>() else {
+                continue;
+            };
+            let req = Request::get(uri)
+                .body(Full::new(Bytes::new()))
+                .expect("a valid request");
+            if let Ok(Ok(resp)) = tokio::time::timeout(period, state.client.request(req)).await {
+                if resp.status().is_success() {
+                    w.set_healthy(true);
+                }
+            }
+        }
+    }
+}
+
+fn full(status: StatusCode, content_type: &str, body: String) -> Response<ProxyBody> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(
+            Full::new(Bytes::from(body))
+                .map_err(|never| match never {})
+                .boxed(),
+        )
+        .expect("a valid response")
+}
+
+fn error(status: StatusCode, message: &str) -> Response<ProxyBody> {
+    full(
+        status,
+        "application/json",
+        serde_json::json!({ "error": message }).to_string(),
+    )
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    state: Arc<State>,
+) -> Result<Response<ProxyBody>, hyper::Error> {
+    Ok(match (req.method(), req.uri().path()) {
+        (&Method::GET, "/health") => full(StatusCode::OK, "text/plain", "ok".into()),
+        (&Method::GET, "/workers") => workers(&state),
+        (&Method::GET, "/metrics") => metrics(&state),
+        (&Method::POST, "/v1/completions" | "/v1/chat/completions" | "/generate") => {
+            proxy(req, state).await
+        }
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "no such endpoint: use POST /v1/completions, /v1/chat/completions or /generate",
+        ),
+    })
+}
+
+fn workers(state: &State) -> Response<ProxyBody> {
+    let list: Vec<_> = state
+        .workers
+        .iter()
+        .map(|w| {
+            serde_json::json!({
+                "url": w.url(), "healthy": w.is_healthy(),
+                "in_flight": w.load(), "routed": w.processed_requests(),
+            })
+        })
+        .collect();
+    full(
+        StatusCode::OK,
+        "application/json",
+        serde_json::Value::from(list).to_string(),
+    )
+}
+
+/// The policy's counters in the Prometheus text format.
+fn metrics(state: &State) -> Response<ProxyBody> {
+    let m = state.policy.metrics();
+    let mut out = String::new();
+    for (name, help, value) in [
+        (
+            "router_cache_hits_total",
+            "Decisions that followed a cached prefix.",
+            m.cache_hits,
+        ),
+        (
+            "router_cache_misses_total",
+            "Decisions made on a miss.",
+            m.cache_misses,
+        ),
+        (
+            "router_load_balancing_events_total",
+            "Decisions where imbalance overrode the cache.",
+            m.load_balancing_events,
+        ),
+        (
+            "router_no_worker_total",
+            "Requests with no healthy worker.",
+            m.no_worker,
+        ),
+    ] {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+        ));
+    }
+    out.push_str("# HELP router_worker_in_flight Requests in flight per worker.\n# TYPE router_worker_in_flight gauge\n");
+    for w in &m.workers {
+        out.push_str(&format!(
+            "router_worker_in_flight{{worker=\"{}\"}} {}\n",
+            w.url, w.in_flight
+        ));
+    }
+    out.push_str("# HELP router_worker_routed_total Requests routed per worker.\n# TYPE router_worker_routed_total counter\n");
+    for w in &m.workers {
+        out.push_str(&format!(
+            "router_worker_routed_total{{worker=\"{}\"}} {}\n",
+            w.url, w.routed
+        ));
+    }
+    out.push_str(
+        "# HELP router_tree_chars Chars cached per model tree.\n# TYPE router_tree_chars gauge\n",
+    );
+    for (model, chars) in &m.tree_chars {
+        out.push_str(&format!("router_tree_chars{{model=\"{model}\"}} {chars}\n"));
+    }
+    full(StatusCode::OK, "text/plain; version=0.0.4", out)
+}
+
+/// The routing text of a request body: the prompt, or every chat message in order.
+pub(crate) fn routing_text(path: &str, body: &serde_json::Value) -> Result<String, &'static str> {
+    let as_text = |v: &serde_json::Value| -> Option<String> {
+        match v {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Array(parts) => Some(
+                parts
+                    .iter()
+                    .filter_map(|p| {
+                        p.as_str()
+                            .map(str::to_string)
+                            .or_else(|| p.get("text")?.as_str().map(str::to_string))
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            ),
+            _ => None,
+        }
+    };
+    let text = match path {
+        "/v1/chat/completions" => {
+            let messages = body
+                .get("messages")
+                .and_then(|m| m.as_array())
+                .ok_or("no messages array in the body")?;
+            let mut s = String::new();
+            for m in messages {
+                let role = m.get("role").and_then(|r| r.as_str()).unwrap_or("user");
+                let content = m.get("content").and_then(as_text).unwrap_or_default();
+                s.push_str(role);
+                s.push_str(": ");
+                s.push_str(&content);
+                s.push('\n');
+            }
+            s
+        }
+        "/generate" => body
+            .get("text")
+            .and_then(as_text)
+            .ok_or("no text in the body")?,
+        _ => body
+            .get("prompt")
+            .and_then(as_text)
+            .ok_or("no prompt in the body")?,
+    };
+    if text.is_empty() {
+        return Err("the prompt is empty");
+    }
+    Ok(text)
+}
+
+/// An upstream body that holds the request's load ticket until the last frame is sent or the
+/// body is dropped (the client went away).
+struct TicketBody {
+    inner: Incoming,
+    ticket: Option<LoadTicket>,
+}
+
+impl Body for TicketBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let poll = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(poll, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            self.ticket = None;
+        }
+        poll
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+async fn proxy(req: Request<Incoming>, state: Arc<State>) -> Response<ProxyBody> {
+    let (parts, body) = req.into_parts();
+    let bytes = match http_body_util::Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the body is unreadable or over 64 MiB",
+            )
+        }
+    };
+    if bytes.is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the request has no body: send a JSON object",
+        );
+    }
+    let json: serde_json::Value = match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("the body is not JSON: {e}"),
+            )
+        }
+    };
+    let path = parts.uri.path().to_string();
+    let text = match routing_text(&path, &json) {
+        Ok(t) => t,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
+    };
+    // One retry on another worker if the first refuses the connection or answers 5xx.
+    for _attempt in 0..2 {
+        let ticket = match state.policy.route(&state.model, &text) {
+            Ok(t) => t,
+            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        };
+        let Ok(uri) = format!("{}{}", ticket.url(), path).parse::<hyper::Uri>() else {
+            return error(StatusCode::BAD_GATEWAY, "a worker URL is not a valid URI");
+        };
+        let mut upstream = Request::builder().method(parts.method.clone()).uri(uri);
+        for (name, value) in parts
+            .headers
+            .iter()
+            .filter(|(n, _)| *n != hyper::header::HOST)
+        {
+            upstream = upstream.header(name, value);
+        }
+        let upstream = upstream
+            .body(Full::new(bytes.clone()))
+            .expect("a valid request");
+        match state.client.request(upstream).await {
+            Ok(resp) if !resp.status().is_server_error() => {
+                let (head, inner) = resp.into_parts();
+                let body = TicketBody {
+                    inner,
+                    ticket: Some(ticket),
+                }
+                .boxed();
+                return Response::from_parts(head, body);
+            }
+            _ => ticket.worker().set_healthy(false),
+        }
+    }
+    error(StatusCode::BAD_GATEWAY, "two workers failed this request")
+}

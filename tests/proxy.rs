@@ -1,0 +1,349 @@
+//! The proxy example end to end on loopback: 3 mock workers (tiny hyper servers that record
+//! what they receive, and can be told to fail or to stream slowly) and the proxy, in-process.
+//! Every wait is bounded.
+
+#[path = "../examples/proxy/server.rs"]
+#[allow(unreachable_pub)]
+mod server;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, Incoming};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+#[derive(Default)]
+struct Mock {
+    received: Mutex<Vec<String>>,
+    fail: AtomicBool,
+    /// Server-sent events to stream, 50 ms apart (0: a plain JSON answer).
+    stream_events: AtomicUsize,
+}
+
+/// `left` server-sent events, one every 50 ms.
+struct Events {
+    left: usize,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Body for Events {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(Duration::from_millis(50))));
+        match sleep.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(()) => {
+                self.sleep = None;
+                self.left -= 1;
+                let event = format!("data: {}\n\n", self.left);
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from(event)))))
+            }
+        }
+    }
+}
+
+async fn answer(
+    m: Arc<Mock>,
+    req: Request<Incoming>,
+) -> Result<Response<http_body_util::combinators::BoxBody<Bytes, Infallible>>, Infallible> {
+    let path = req.uri().path().to_string();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let failing = m.fail.load(Ordering::SeqCst);
+    let reply = |status: u16, text: &'static str| {
+        Response::builder()
+            .status(status)
+            .body(Full::new(Bytes::from(text)).boxed())
+            .unwrap()
+    };
+    if path == "/health" {
+        return Ok(reply(if failing { 500 } else { 200 }, ""));
+    }
+    m.received
+        .lock()
+        .unwrap()
+        .push(String::from_utf8_lossy(&body).into_owned());
+    if failing {
+        return Ok(reply(500, "boom"));
+    }
+    match m.stream_events.load(Ordering::SeqCst) {
+        0 => Ok(reply(200, "{\"text\":\"ok\"}")),
+        n => Ok(Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(
+                Events {
+                    left: n,
+                    sleep: None,
+                }
+                .boxed(),
+            )
+            .unwrap()),
+    }
+}
+
+async fn start_mock() -> (String, Arc<Mock>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let mock = Arc::new(Mock::default());
+    let m = mock.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let m = m.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| answer(m.clone(), req));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (url, mock)
+}
+
+struct Setup {
+    proxy: String,
+    mocks: Vec<Arc<Mock>>,
+    state: Arc<server::State>,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+}
+
+async fn setup() -> Setup {
+    let mut urls = Vec::new();
+    let mut mocks = Vec::new();
+    for _ in 0..3 {
+        let (url, mock) = start_mock().await;
+        urls.push(url);
+        mocks.push(mock);
+    }
+    let state = server::State::new(&urls, "").unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(server::serve(listener, state.clone()));
+    tokio::spawn(server::probe(state.clone(), Duration::from_millis(100)));
+    Setup {
+        proxy,
+        mocks,
+        state,
+        client: Client::builder(TokioExecutor::new()).build_http(),
+    }
+}
+
+impl Setup {
+    async fn post(&self, path: &str, body: &str) -> (u16, String) {
+        let req = Request::post(format!("{}{path}", self.proxy))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(10), self.client.request(req))
+            .await
+            .expect("bounded")
+            .unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    async fn get(&self, path: &str) -> String {
+        let req = Request::get(format!("{}{path}", self.proxy))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = self.client.request(req).await.unwrap();
+        String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).into_owned()
+    }
+
+    fn total_in_flight(&self) -> usize {
+        self.state
+            .workers
+            .iter()
+            .map(|w| cache_aware_router::Worker::load(&**w))
+            .sum()
+    }
+
+    async fn wait_idle(&self) {
+        for _ in 0..200 {
+            if self.total_in_flight() == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("in-flight load stayed at {}", self.total_in_flight());
+    }
+}
+
+fn completion(prompt: &str) -> String {
+    serde_json::json!({ "model": "m", "prompt": prompt, "max_tokens": 8 }).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_prefixes_stick_and_distinct_ones_spread() {
+    let s = setup().await;
+    let system = "You are a meticulous assistant. Answer in one paragraph. ".repeat(20);
+    for q in 0..6 {
+        let (status, _) = s
+            .post("/v1/completions", &completion(&format!("{system}Q{q}?")))
+            .await;
+        assert_eq!(status, 200);
+    }
+    let holders: Vec<usize> = s
+        .mocks
+        .iter()
+        .map(|m| m.received.lock().unwrap().len())
+        .collect();
+    assert_eq!(
+        holders.iter().filter(|&&n| n > 0).count(),
+        1,
+        "one worker got the shared prefix: {holders:?}"
+    );
+    for i in 0..30 {
+        s.post(
+            "/v1/completions",
+            &completion(&format!("{i} an unrelated prompt number {i}")),
+        )
+        .await;
+    }
+    let spread = s
+        .mocks
+        .iter()
+        .filter(|m| !m.received.lock().unwrap().is_empty())
+        .count();
+    assert_eq!(spread, 3, "distinct prompts reached every worker");
+    // Chat: every message is part of the routing text, in order.
+    let chat = serde_json::json!({ "model": "m", "messages": [
+        {"role": "system", "content": system}, {"role": "user", "content": "hi"}]});
+    assert_eq!(
+        s.post("/v1/chat/completions", &chat.to_string()).await.0,
+        200
+    );
+    let gen = serde_json::json!({ "text": "generate this" });
+    assert_eq!(s.post("/generate", &gen.to_string()).await.0, 200);
+    s.wait_idle().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_returns_to_zero_after_streamed_and_aborted_responses() {
+    let s = setup().await;
+    for m in &s.mocks {
+        m.stream_events.store(4, Ordering::SeqCst);
+    }
+    let (status, body) = s.post("/v1/completions", &completion("stream me")).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body.matches("data:").count(),
+        4,
+        "events passed through: {body:?}"
+    );
+    s.wait_idle().await;
+    // Abort: read the head of a slow stream, then drop the response mid-stream.
+    for m in &s.mocks {
+        m.stream_events.store(40, Ordering::SeqCst);
+    }
+    let req = Request::post(format!("{}/v1/completions", s.proxy))
+        .body(Full::new(Bytes::from(completion("abort me"))))
+        .unwrap();
+    let resp = s.client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        s.total_in_flight(),
+        1,
+        "the ticket is held while the body streams"
+    );
+    drop(resp);
+    s.wait_idle().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_worker_is_skipped_and_comes_back_after_its_probe() {
+    let s = setup().await;
+    let prompt = "a prompt that lands somewhere, then its worker fails";
+    assert_eq!(s.post("/v1/completions", &completion(prompt)).await.0, 200);
+    let first = s
+        .mocks
+        .iter()
+        .position(|m| m.received.lock().unwrap().len() == 1)
+        .unwrap();
+    s.mocks[first].fail.store(true, Ordering::SeqCst);
+    let (status, body) = s.post("/v1/completions", &completion(prompt)).await;
+    assert_eq!(status, 200, "retried on another worker: {body}");
+    let workers: serde_json::Value = serde_json::from_str(&s.get("/workers").await).unwrap();
+    assert_eq!(workers[first]["healthy"], false);
+    s.mocks[first].fail.store(false, Ordering::SeqCst);
+    let mut healthy = false;
+    for _ in 0..100 {
+        let w: serde_json::Value = serde_json::from_str(&s.get("/workers").await).unwrap();
+        if w[first]["healthy"] == true {
+            healthy = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(healthy, "the probe marked the worker healthy again");
+    s.wait_idle().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_400_with_a_reason_and_metrics_count() {
+    let s = setup().await;
+    for (path, body, reason) in [
+        ("/v1/completions", "", "no body"),
+        ("/v1/completions", "{not json", "not JSON"),
+        ("/v1/completions", "{\"model\": \"m\"}", "no prompt"),
+        ("/v1/chat/completions", "{\"messages\": 3}", "messages"),
+        ("/generate", "[]", "no text"),
+    ] {
+        let (status, text) = s.post(path, body).await;
+        assert_eq!(status, 400, "{path} {body:?}");
+        let err: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert!(err["error"].as_str().unwrap().contains(reason), "{text}");
+    }
+    for i in 0..5 {
+        s.post("/v1/completions", &completion(&format!("counted {i}")))
+            .await;
+    }
+    s.post("/v1/completions", &completion("counted 0")).await;
+    let metrics = s.get("/metrics").await;
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    };
+    assert_eq!(
+        value("router_cache_hits_total") + value("router_cache_misses_total"),
+        6
+    );
+    assert!(value("router_cache_hits_total") >= 1);
+    let routed: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("router_worker_routed_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(routed, 6, "{metrics}");
+}
