@@ -346,4 +346,9 @@ async fn bad_requests_get_400_with_a_reason_and_metrics_count() {
         .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
         .sum();
     assert_eq!(routed, 6, "{metrics}");
+    assert_eq!(
+        value("router_routes_total"),
+        6,
+        "bad requests are refused before routing"
+    );
 }

@@ -18,8 +18,12 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: String,
     /// A worker's base URL (repeat for each worker).
-    #[arg(long = "worker", required = true)]
+    #[arg(long = "worker", required_unless_present = "mock")]
     workers: Vec<String>,
+    /// Instead of proxying, serve a stand-in worker on this address that answers every request
+    /// at once (for measuring the proxy's overhead).
+    #[arg(long)]
+    mock: Option<String>,
     /// The model the workers serve ("" is the default model).
     #[arg(long, default_value = "")]
     model: String,
@@ -31,6 +35,14 @@ struct Args {
 #[tokio::main]
 async fn main() -> Result<(), String> {
     let args = Args::parse();
+    if let Some(addr) = &args.mock {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        println!("stand-in worker on http://{addr}");
+        server::serve_mock(listener).await;
+        return Ok(());
+    }
     let state = server::State::new(&args.workers, &args.model)?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await

@@ -14,9 +14,10 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
 pub(crate) type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -25,6 +26,10 @@ pub(crate) type ProxyBody = BoxBody<Bytes, hyper::Error>;
 const MAX_BODY: usize = 64 << 20;
 
 pub(crate) struct State {
+    /// Wall time spent in `route` (ns) and routing decisions made: the span timer behind
+    /// `router_route_seconds_total` / `router_routes_total`.
+    route_ns: AtomicU64,
+    routes: AtomicU64,
     pub(crate) policy: CacheAwarePolicy,
     pub(crate) workers: Vec<Arc<BasicWorker>>,
     pub(crate) model: String,
@@ -48,6 +53,8 @@ impl State {
             workers.push(w);
         }
         Ok(Arc::new(Self {
+            route_ns: AtomicU64::new(0),
+            routes: AtomicU64::new(0),
             policy,
             workers,
             model: model.to_string(),
@@ -192,6 +199,17 @@ fn metrics(state: &State) -> Response<ProxyBody> {
             w.url, w.routed
         ));
     }
+    let (ns, n) = (
+        state.route_ns.load(Ordering::Relaxed),
+        state.routes.load(Ordering::Relaxed),
+    );
+    out.push_str(&format!(
+        "# HELP router_route_seconds_total Time spent in routing decisions.\n\
+         # TYPE router_route_seconds_total counter\nrouter_route_seconds_total {}\n\
+         # HELP router_routes_total Routing decisions.\n\
+         # TYPE router_routes_total counter\nrouter_routes_total {n}\n",
+        ns as f64 / 1e9
+    ));
     out.push_str(
         "# HELP router_tree_chars Chars cached per model tree.\n# TYPE router_tree_chars gauge\n",
     );
@@ -316,7 +334,13 @@ async fn proxy(req: Request<Incoming>, state: Arc<State>) -> Response<ProxyBody>
     };
     // One retry on another worker if the first refuses the connection or answers 5xx.
     for _attempt in 0..2 {
-        let ticket = match state.policy.route(&state.model, &text) {
+        let started = Instant::now();
+        let routed = state.policy.route(&state.model, &text);
+        state
+            .route_ns
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        state.routes.fetch_add(1, Ordering::Relaxed);
+        let ticket = match routed {
             Ok(t) => t,
             Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
         };
@@ -348,4 +372,27 @@ async fn proxy(req: Request<Incoming>, state: Arc<State>) -> Response<ProxyBody>
         }
     }
     error(StatusCode::BAD_GATEWAY, "two workers failed this request")
+}
+
+/// A stand-in worker for measuring the proxy's overhead: answers every request with a small
+/// fixed completion at once, and `GET /health` with 200.
+pub(crate) async fn serve_mock(listener: TcpListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(async move {
+            let service = service_fn(|req: Request<Incoming>| async move {
+                let _ = req.into_body().collect().await;
+                Ok::<_, hyper::Error>(full(
+                    StatusCode::OK,
+                    "application/json",
+                    r#"{"choices":[{"text":"ok"}]}"#.into(),
+                ))
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
 }
