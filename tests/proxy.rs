@@ -307,6 +307,59 @@ async fn a_failing_worker_is_skipped_and_comes_back_after_its_probe() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_is_skipped_and_requests_still_succeed() {
+    // A worker whose port refuses connections (its listener is gone).
+    let dead = {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let (live, mock) = start_mock().await;
+    let state = server::State::new(&[dead.clone(), live], "").unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(server::serve(listener, state.clone()));
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    for i in 0..10 {
+        let req = Request::post(format!("{proxy}/v1/completions"))
+            .body(Full::new(Bytes::from(completion(&format!("prompt {i}")))))
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(resp.status(), 200, "request {i}");
+    }
+    assert_eq!(mock.received.lock().unwrap().len(), 10);
+    assert!(
+        !cache_aware_router::Worker::is_healthy(&*state.workers[0]),
+        "the dead one is marked"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_route_by_their_model_field() {
+    let (a, mock_a) = start_mock().await;
+    let (b, mock_b) = start_mock().await;
+    let state = server::State::new(&[format!("{a}=llama"), format!("{b}=qwen")], "llama").unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(server::serve(listener, state));
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    for (model, n) in [("qwen", 3), ("llama", 2), ("unknown-model", 1)] {
+        for i in 0..n {
+            let body = serde_json::json!({ "model": model, "prompt": format!("{model} {i}") });
+            let req = Request::post(format!("{proxy}/v1/completions"))
+                .body(Full::new(Bytes::from(body.to_string())))
+                .unwrap();
+            assert_eq!(client.request(req).await.unwrap().status(), 200);
+        }
+    }
+    // qwen's 3 went to b; llama's 2 and the unknown model's 1 (the default, llama) to a.
+    assert_eq!(mock_b.received.lock().unwrap().len(), 3);
+    assert_eq!(mock_a.received.lock().unwrap().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_400_with_a_reason_and_metrics_count() {
     let s = setup().await;
     for (path, body, reason) in [

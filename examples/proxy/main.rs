@@ -17,14 +17,16 @@ struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: String,
-    /// A worker's base URL (repeat for each worker).
+    /// A worker's base URL, or `URL=MODEL` for a worker of another model (repeat for each
+    /// worker). Requests go to the workers of their body's `model` when some worker serves it,
+    /// else to those of --model.
     #[arg(long = "worker", required_unless_present = "mock")]
     workers: Vec<String>,
     /// Instead of proxying, serve a stand-in worker on this address that answers every request
     /// at once (for measuring the proxy's overhead).
     #[arg(long)]
     mock: Option<String>,
-    /// The model the workers serve ("" is the default model).
+    /// The model of workers given without `=MODEL` ("" is the default model).
     #[arg(long, default_value = "")]
     model: String,
     /// Seconds between health probes of unhealthy workers.

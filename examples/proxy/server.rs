@@ -32,16 +32,21 @@ pub(crate) struct State {
     routes: AtomicU64,
     pub(crate) policy: CacheAwarePolicy,
     pub(crate) workers: Vec<Arc<BasicWorker>>,
+    /// Models some worker serves (the default first).
+    models: Vec<String>,
     pub(crate) model: String,
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
 impl State {
-    pub(crate) fn new(urls: &[String], model: &str) -> Result<Arc<Self>, String> {
+    /// Workers as `URL` (serving `default_model`) or `URL=MODEL`.
+    pub(crate) fn new(specs: &[String], default_model: &str) -> Result<Arc<Self>, String> {
         let policy = CacheAwarePolicy::try_with_config(CacheAwareConfig::default())
             .map_err(|e| e.to_string())?;
         let mut workers = Vec::new();
-        for url in urls {
+        let mut models = vec![default_model.to_string()];
+        for spec in specs {
+            let (url, model) = spec.split_once('=').unwrap_or((spec, default_model));
             let w = Arc::new(
                 BasicWorkerBuilder::new(url.trim_end_matches('/'))
                     .model_id(model)
@@ -50,6 +55,9 @@ impl State {
             policy
                 .register_worker(w.clone() as Arc<dyn Worker>)
                 .map_err(|e| e.to_string())?;
+            if !models.iter().any(|m| m == model) {
+                models.push(model.to_string());
+            }
             workers.push(w);
         }
         Ok(Arc::new(Self {
@@ -57,9 +65,19 @@ impl State {
             routes: AtomicU64::new(0),
             policy,
             workers,
-            model: model.to_string(),
+            models,
+            model: default_model.to_string(),
             client: Client::builder(TokioExecutor::new()).build_http(),
         }))
+    }
+
+    /// The model to route a body's request under: its `model` field if a worker serves it,
+    /// else the proxy's default model.
+    fn model_for<'a>(&'a self, body: &'a serde_json::Value) -> &'a str {
+        body.get("model")
+            .and_then(|m| m.as_str())
+            .filter(|m| self.models.iter().any(|served| served == m))
+            .unwrap_or(&self.model)
     }
 }
 
@@ -335,7 +353,7 @@ async fn proxy(req: Request<Incoming>, state: Arc<State>) -> Response<ProxyBody>
     // One retry on another worker if the first refuses the connection or answers 5xx.
     for _attempt in 0..2 {
         let started = Instant::now();
-        let routed = state.policy.route(&state.model, &text);
+        let routed = state.policy.route(state.model_for(&json), &text);
         state
             .route_ns
             .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
