@@ -8,21 +8,11 @@ mod common;
 use cache_aware_router::{
     BasicWorkerBuilder, CacheAwareConfig, CacheAwarePolicy, LoadBalancingPolicy, Tree, Worker,
 };
-use common::{text, Rng};
+use common::{assert_accounting, text, Rng};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
-
-fn assert_accounting(tree: &Tree) {
-    let counted = tree.get_tenant_char_count();
-    assert_eq!(counted, tree.get_used_size_per_tenant(), "counters vs walk");
-    assert_eq!(
-        counted.values().sum::<usize>(),
-        tree.total_chars(),
-        "total vs tenants"
-    );
-}
 
 fn long_shared_texts(rng: &mut Rng, n: usize) -> Vec<String> {
     let stems = [

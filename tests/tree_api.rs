@@ -1,20 +1,14 @@
 //! Behaviour of every `Tree` API, single-threaded.
 
+mod common;
+
+use common::assert_accounting;
+
 use cache_aware_router::{ManualClock, Tree, TreeConfig, TreeError};
 use std::collections::HashMap;
 
 fn sizes(pairs: &[(&str, usize)]) -> HashMap<String, usize> {
     pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
-}
-
-fn assert_accounting(tree: &Tree) {
-    let counted = tree.get_tenant_char_count();
-    assert_eq!(counted, tree.get_used_size_per_tenant(), "counters vs walk");
-    assert_eq!(
-        counted.values().sum::<usize>(),
-        tree.total_chars(),
-        "total vs tenants"
-    );
 }
 
 #[test]

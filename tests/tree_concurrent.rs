@@ -5,20 +5,10 @@
 mod common;
 
 use cache_aware_router::Tree;
-use common::{text, Rng};
+use common::{assert_accounting, text, Rng};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
-
-fn assert_accounting(tree: &Tree) {
-    let counted = tree.get_tenant_char_count();
-    assert_eq!(counted, tree.get_used_size_per_tenant(), "counters vs walk");
-    assert_eq!(
-        counted.values().sum::<usize>(),
-        tree.total_chars(),
-        "total vs tenants"
-    );
-}
 
 /// Texts that share long prefixes and diverge at many different points, so concurrent inserts
 /// keep splitting the same edges.

@@ -3,6 +3,20 @@
 
 pub(crate) mod reference;
 
+use cache_aware_router::Tree;
+
+/// The accounting invariant at rest: the counters equal a walk of the nodes, and the tree-wide
+/// total equals the sum over tenants.
+pub(crate) fn assert_accounting(tree: &Tree) {
+    let counted = tree.get_tenant_char_count();
+    assert_eq!(counted, tree.get_used_size_per_tenant(), "counters vs walk");
+    assert_eq!(
+        counted.values().sum::<usize>(),
+        tree.total_chars(),
+        "total vs tenants"
+    );
+}
+
 /// xorshift64*: small, seeded, reproducible.
 pub(crate) struct Rng(u64);
 
