@@ -68,10 +68,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 fn main() {
-    let rounds = std::env::var("BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(7);
+    let rounds = support::env("BENCH_ROUNDS", 7);
     let workloads = [
         ("shared-prefix", shared_prefix()),
         ("mooncake", mooncake(256).0),

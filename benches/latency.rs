@@ -12,14 +12,7 @@ mod support;
 
 use hdrhistogram::Histogram;
 use std::time::{Duration, Instant};
-use support::{mooncake, Base, Ours, Router};
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use support::{env, mooncake, Base, Ours, Router};
 
 /// Replays `texts` `passes` times on 2 threads, recording each decision's latency in ns.
 fn record(router: &dyn Router, texts: &[String], passes: usize) -> Histogram<u64> {

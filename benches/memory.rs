@@ -56,10 +56,7 @@ fn load(router: &dyn Router, texts: &[String]) {
 }
 
 fn main() {
-    let block = std::env::var("BENCH_BLOCK")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(256);
+    let block = support::env("BENCH_BLOCK", 256);
     let (texts, blocks, source) = mooncake(block);
     let distinct = (blocks * block) as f64;
     println!(

@@ -13,14 +13,7 @@ mod support;
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use std::time::Duration;
-use support::{mooncake, replay, shared_prefix, Base, Ours, Router};
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use support::{env, mooncake, replay, shared_prefix, Base, Ours, Router};
 
 fn parallel_floor(texts: &[String], copies: &[String], threads: usize) -> usize {
     std::thread::scope(|s| {

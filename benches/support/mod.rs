@@ -8,6 +8,14 @@ use cache_aware_router::{
 use std::path::Path;
 use std::sync::Arc;
 
+/// A numeric bench setting from the environment (`BENCH_BLOCK`, `BENCH_WORKERS`, ...).
+pub(crate) fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// xorshift64*: deterministic text.
 pub(crate) struct Rng(u64);
 impl Rng {
