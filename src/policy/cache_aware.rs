@@ -601,6 +601,22 @@ impl CacheAwarePolicy {
     }
 }
 
+/// Fills `out[i]` with worker `i`'s table entry if it is eligible; returns whether some worker
+/// has no entry yet (one lookup per worker).
+fn resolve<'g>(
+    tables: &'g Tables,
+    workers: &[Arc<dyn Worker>],
+    out: &mut [Option<&'g Registered>],
+) -> bool {
+    let mut unseen = false;
+    for (slot, w) in out.iter_mut().zip(workers) {
+        let entry = tables.find(w);
+        unseen |= entry.is_none();
+        *slot = entry.filter(|r| r.is_eligible());
+    }
+    unseen
+}
+
 impl LoadBalancingPolicy for CacheAwarePolicy {
     /// Workers seen for the first time are registered in their model's tree. Unhealthy and
     /// removed workers are never returned; `None` when no other worker is left. `None` text is
@@ -613,10 +629,6 @@ impl LoadBalancingPolicy for CacheAwarePolicy {
         let shared = &self.shared;
         let guard = epoch::pin();
         let mut tables = shared.tables.load(&guard);
-        if workers.iter().any(|w| tables.find(w).is_none()) {
-            shared.register_unseen(workers);
-            tables = shared.tables.load(&guard);
-        }
         // Resolve each worker once (its table entry, if eligible): a stack array for fleets up to
         // `INLINE_WORKERS`, so the rest of the decision indexes instead of searching.
         let mut inline: [Option<&Registered>; INLINE_WORKERS] = [None; INLINE_WORKERS];
@@ -627,8 +639,11 @@ impl LoadBalancingPolicy for CacheAwarePolicy {
             spilled = vec![None; workers.len()];
             &mut spilled
         };
-        for (slot, w) in resolved.iter_mut().zip(workers) {
-            *slot = tables.find(w).filter(|r| r.is_eligible());
+        if resolve(tables, workers, resolved) {
+            // First sight of some worker: register it, then resolve against the new tables.
+            shared.register_unseen(workers);
+            tables = shared.tables.load(&guard);
+            resolve(tables, workers, resolved);
         }
         let resolved = &*resolved;
         let entry = |i: usize| resolved[i];

@@ -151,7 +151,12 @@ impl Engine {
         stats: &mut EvictionStats,
         guard: &'g Guard,
     ) {
-        let wanted = |id: TenantId| ids.contains(&id);
+        // Membership by index: one lookup per slot, whatever the number of tenants.
+        let mut member = vec![false; ids.iter().map(|id| id.index() + 1).max().unwrap_or(0)];
+        for id in ids {
+            member[id.index()] = true;
+        }
+        let wanted = |id: TenantId| member.get(id.index()).copied().unwrap_or(false);
         let mut child_holds: HashSet<(usize, TenantId)> = HashSet::new();
         for s in seen {
             if let Some(p) = s.parent {
