@@ -1,7 +1,9 @@
 //! Latency percentiles of single routing decisions at 2 threads on `mooncake`, ours vs the
 //! seed's design: first with no eviction, then while eviction runs passes that really remove
 //! nodes (a budget of a quarter of the workload). Every figure is also given as a multiple of
-//! the floor of the median request (comparing it with an equal copy).
+//! the floor of the median request (comparing it with an equal copy). On Linux it also counts
+//! how often the routing threads slept (voluntary context switches: lock waits, which lock-free
+//! code should not have, but glibc's malloc arenas do) and how much CPU the evictor took.
 //!
 //! `cargo bench --bench latency` (env: `BENCH_BLOCK` block chars, default 256; `BENCH_PASSES`
 //! replays per scenario, default 3).
@@ -14,14 +16,53 @@ use hdrhistogram::Histogram;
 use std::time::{Duration, Instant};
 use support::{env, mooncake, Base, Ours, Router};
 
+/// Times the calling thread went to sleep voluntarily (waiting on a lock, mostly): Linux's
+/// `/proc/thread-self/status`; 0 where that is not available.
+fn voluntary_switches() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Milliseconds the evictor thread (`router-evictor`) has run on a CPU so far: Linux's
+/// per-thread `schedstat`; `None` where that is not available.
+fn evictor_cpu_ms() -> Option<f64> {
+    std::fs::read_dir("/proc/self/task").ok()?.find_map(|task| {
+        let dir = task.ok()?.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+        if comm.trim() != "router-evictor" {
+            return None;
+        }
+        let stat = std::fs::read_to_string(dir.join("schedstat")).ok()?;
+        let ns: f64 = stat.split_whitespace().next()?.parse().ok()?;
+        Some(ns / 1e6)
+    })
+}
+
+/// What one scenario measured.
+struct Run {
+    latency: Histogram<u64>,
+    /// Voluntary sleeps of the two routing threads, together.
+    sleeps: u64,
+    wall: Duration,
+}
+
 /// Replays `texts` `passes` times on 2 threads, recording each decision's latency in ns.
-fn record(router: &dyn Router, texts: &[String], passes: usize) -> Histogram<u64> {
-    let mut merged = Histogram::<u64>::new(3).unwrap();
+fn record(router: &dyn Router, texts: &[String], passes: usize) -> Run {
+    let mut latency = Histogram::<u64>::new(3).unwrap();
+    let mut sleeps = 0;
+    let start = Instant::now();
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..2)
             .map(|t| {
                 s.spawn(move || {
                     let mut h = Histogram::<u64>::new(3).unwrap();
+                    let before = voluntary_switches();
                     for _ in 0..passes {
                         for text in texts.iter().skip(t).step_by(2) {
                             let start = Instant::now();
@@ -29,15 +70,21 @@ fn record(router: &dyn Router, texts: &[String], passes: usize) -> Histogram<u64
                             h.record(start.elapsed().as_nanos() as u64).unwrap();
                         }
                     }
-                    h
+                    (h, voluntary_switches() - before)
                 })
             })
             .collect();
-        for h in handles {
-            merged.add(h.join().unwrap()).unwrap();
+        for handle in handles {
+            let (h, n) = handle.join().unwrap();
+            latency.add(h).unwrap();
+            sleeps += n;
         }
     });
-    merged
+    Run {
+        latency,
+        sleeps,
+        wall: start.elapsed(),
+    }
 }
 
 /// The floor of the median request: ns to compare it with an equal copy.
@@ -56,16 +103,18 @@ fn median_floor(texts: &[String]) -> f64 {
     start.elapsed().as_nanos() as f64 / reps as f64
 }
 
-fn row(name: &str, h: &Histogram<u64>, floor: f64) {
+fn row(name: &str, run: &Run, floor: f64) {
+    let h = &run.latency;
     let q = |p: f64| h.value_at_quantile(p) as f64;
     println!(
-        "| {name:<26} | {:>9.1} | {:>9.1} | {:>9.1} | {:>9.1} | {:>6.0}x | {:>7.0}x |",
+        "| {name:<26} | {:>9.1} | {:>9.1} | {:>9.1} | {:>9.1} | {:>6.0}x | {:>7.0}x | {:>6} |",
         q(0.5) / 1e3,
         q(0.99) / 1e3,
         q(0.999) / 1e3,
         h.max() as f64 / 1e3,
         q(0.5) / floor,
         q(0.999) / floor,
+        run.sleeps,
     );
 }
 
@@ -85,8 +134,8 @@ fn main() {
         "floor of the median request: {floor:.0} ns; 2 threads, {passes} replays per scenario"
     );
     println!("eviction scenario budget: {budget} chars (a quarter of the {distinct_chars} distinct chars)\n");
-    println!("| scenario                   | p50 (us)  | p99 (us)  | p99.9 (us)| max (us)  | p50/fl  | p99.9/fl |");
-    println!("|----------------------------|-----------|-----------|-----------|-----------|---------|----------|");
+    println!("| scenario                   | p50 (us)  | p99 (us)  | p99.9 (us)| max (us)  | p50/fl  | p99.9/fl | sleeps |");
+    println!("|----------------------------|-----------|-----------|-----------|-----------|---------|----------|--------|");
 
     let ours = Ours::new(8, 0, 1 << 40);
     let ours_plain = record(&ours, &texts, passes);
@@ -98,6 +147,7 @@ fn main() {
     let ours = Ours::new(8, 1, budget);
     let ours_evict = record(&ours, &texts, passes);
     let m = ours.policy.metrics();
+    let evictor_ms = evictor_cpu_ms();
     row("ours, evicting", &ours_evict, floor);
     drop(ours);
 
@@ -118,8 +168,18 @@ fn main() {
         "\nours, evicting: {} passes removed {} nodes ({} chars);",
         m.eviction_passes, m.evicted_nodes, m.evicted_chars
     );
-    let ratio = |a: &Histogram<u64>, b: &Histogram<u64>, p: f64| {
-        a.value_at_quantile(p) as f64 / b.value_at_quantile(p) as f64
+    if let Some(ms) = evictor_ms {
+        println!(
+            "the evictor ran {ms:.1} ms on a CPU in {:.1} ms of replay ({:.0}% of the 2 cores);",
+            ours_evict.wall.as_secs_f64() * 1e3,
+            ms / (ours_evict.wall.as_secs_f64() * 1e3 * 2.0) * 100.0
+        );
+    }
+    println!(
+        "sleeps: voluntary context switches of the 2 routing threads (lock waits; Linux only);"
+    );
+    let ratio = |a: &Run, b: &Run, p: f64| {
+        a.latency.value_at_quantile(p) as f64 / b.latency.value_at_quantile(p) as f64
     };
     println!(
         "ours p99.9 evicting / not evicting: {:.2}x; baseline p99.9 / ours p99.9 (evicting): {:.0}x; p50: {:.0}x",

@@ -19,13 +19,15 @@
 //! operations requests use.
 
 use crate::sync::thread;
+use crate::tree::EvictionScratch;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// What the evictor can ask of the policy.
 pub(crate) trait Housekeeper: Send + Sync + 'static {
-    fn run_pass(&self);
+    /// One pass, in buffers the evictor thread keeps for its whole life.
+    fn run_pass(&self, scratch: &mut EvictionScratch);
 }
 
 /// What ended a wait.
@@ -185,10 +187,13 @@ impl Evictor {
         let stop = mailbox.stopper();
         let handle = thread::Builder::new()
             .name("router-evictor".into())
-            .spawn(move || loop {
-                match mailbox.wait(interval) {
-                    Event::Stop => return,
-                    Event::Wake | Event::Tick => target.run_pass(),
+            .spawn(move || {
+                let mut scratch = EvictionScratch::default();
+                loop {
+                    match mailbox.wait(interval) {
+                        Event::Stop => return,
+                        Event::Wake | Event::Tick => target.run_pass(&mut scratch),
+                    }
                 }
             })?;
         Ok(Self {
@@ -224,7 +229,7 @@ mod tests {
 
     struct Count(AtomicUsize);
     impl Housekeeper for Count {
-        fn run_pass(&self) {
+        fn run_pass(&self, _scratch: &mut EvictionScratch) {
             self.0.fetch_add(1, Ordering::SeqCst);
         }
     }

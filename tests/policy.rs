@@ -279,7 +279,8 @@ fn run_eviction_keeps_every_tree_under_its_budget() {
     assert!(before > 2_000);
     let stats = policy.run_eviction();
     let after = policy.metrics().tree_chars[0].1;
-    assert!(after <= 2_000, "{after}");
+    // Trimmed to 3/4 of the budget, give or take the last leaf (about 60 chars).
+    assert!((1_400..=1_500).contains(&after), "{after}");
     assert_eq!(before - after, stats.chars_freed);
     assert!(stats.nodes_removed > 0);
     assert_eq!(policy.metrics().evicted_chars, stats.chars_freed);

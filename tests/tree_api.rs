@@ -200,6 +200,40 @@ fn eviction_keeps_each_tenant_within_its_limit_lru_first() {
 }
 
 #[test]
+fn evict_to_total_removes_the_oldest_leaves_across_tenants_first() {
+    let clock = ManualClock::new();
+    let tree = Tree::with_config(TreeConfig {
+        clock: clock.clone().into(),
+        ..TreeConfig::default()
+    })
+    .unwrap();
+    // a: "shared-x" at tick 1, then "shared-y" at tick 2 (the two share the node "shared-").
+    // b: "other" at tick 3.
+    clock.set(1);
+    tree.insert("shared-x", "a");
+    clock.set(2);
+    tree.insert("shared-y", "a");
+    clock.set(3);
+    tree.insert("other", "b");
+    assert_eq!(tree.total_chars(), 8 + 1 + 5);
+    // 13 fits once the oldest leaf ("x", tick 1) goes.
+    let stats = tree.evict_to_total(13);
+    assert_eq!((stats.detached, stats.chars_freed), (1, 1));
+    assert_eq!(tree.prefix_match_tenant("shared-x", "a"), "shared-");
+    assert_eq!(tree.prefix_match_tenant("shared-y", "a"), "shared-y");
+    // 5: "y" (tick 2) goes, then "shared-" is a leaf of a at tick 2, older than b's "other".
+    let stats = tree.evict_to_total(5);
+    assert_eq!(stats.chars_freed, 1 + 7);
+    assert_eq!(tree.prefix_match_tenant("shared-y", "a"), "");
+    assert_eq!(tree.prefix_match_tenant("other", "b"), "other");
+    assert_eq!(tree.total_chars(), 5);
+    assert_accounting(&tree);
+    assert_eq!(tree.evict_to_total(0).nodes_removed, 1);
+    assert_eq!(tree.total_chars(), 0);
+    assert_accounting(&tree);
+}
+
+#[test]
 fn native_api_matches_then_inserts_in_one_call() {
     let tree = Tree::new();
     let w1 = tree.tenant_id("w1").unwrap();

@@ -15,7 +15,7 @@ use crate::evictor::{Evictor, Housekeeper, Waker};
 use crate::metrics::{Counters, MetricsSnapshot, WorkerStats};
 use crate::sync::{AtomicU64, Ordering};
 use crate::tenant::TenantId;
-use crate::tree::EvictionStats;
+use crate::tree::{EvictionScratch, EvictionStats};
 use crate::worker::{LoadTicket, Worker};
 use crossbeam_epoch as epoch;
 use std::any::Any;
@@ -379,7 +379,7 @@ impl Shared {
         }
     }
 
-    fn evict_pass(&self) -> EvictionStats {
+    fn evict_pass(&self, scratch: &mut EvictionScratch) -> EvictionStats {
         let models: Vec<Arc<ModelState>> = {
             let guard = epoch::pin();
             self.tables.load(&guard).models.clone()
@@ -390,7 +390,7 @@ impl Shared {
         for m in models {
             m.wake_pending.store(false, Ordering::Relaxed);
             if m.tree.total_chars() > budget {
-                let s = m.tree.evict_to_total(target);
+                let s = m.tree.evict_to_total_in(target, scratch);
                 total.detached += s.detached;
                 total.chars_freed += s.chars_freed;
                 total.nodes_removed += s.nodes_removed;
@@ -411,8 +411,8 @@ impl Shared {
 }
 
 impl Housekeeper for Shared {
-    fn run_pass(&self) {
-        self.evict_pass();
+    fn run_pass(&self, scratch: &mut EvictionScratch) {
+        self.evict_pass(scratch);
     }
 }
 
@@ -547,9 +547,9 @@ impl CacheAwarePolicy {
     }
 
     /// One eviction pass now, as the evictor thread runs it: every model tree over
-    /// `max_tree_size` is trimmed, least recently used first, to 15/16 of it.
+    /// `max_tree_size` is trimmed, least recently used first, to 3/4 of it.
     pub fn run_eviction(&self) -> EvictionStats {
-        self.shared.evict_pass()
+        self.shared.evict_pass(&mut EvictionScratch::default())
     }
 
     /// The counters, per-worker load and tree sizes at this moment.

@@ -16,7 +16,7 @@ use crate::sync::Ordering;
 use crate::tenant::TenantId;
 use crossbeam_epoch::{self as epoch, Guard, Shared};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BinaryHeap, HashMap};
 
 /// What an eviction did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -29,11 +29,95 @@ pub struct EvictionStats {
     pub nodes_removed: usize,
 }
 
-/// A node seen by a walk, with its parent's index (`None` for children of a root).
-struct Seen<'g> {
-    node: Shared<'g, Node>,
+/// A node seen by a walk, with its parent's index (`None` for children of a root). Raw
+/// pointers, so the buffer that holds them can outlive one pass's guard and serve the next (it
+/// is cleared first: no pointer is read under a guard other than the one it was loaded under).
+struct Seen {
+    node: *const Node,
     parent: Option<usize>,
-    root: &'g Node,
+    root: *const Node,
+}
+
+/// The buffers an eviction pass works in. The evictor thread keeps one for its whole life, so a
+/// pass in steady state allocates nothing of its own (only the child arrays that unlinking
+/// rebuilds): under an insert-heavy load passes run hundreds of times a second, and each used to
+/// regrow and free buffers of a few hundred KiB.
+#[derive(Default)]
+pub(crate) struct EvictionScratch {
+    seen: Vec<Seen>,
+    stack: Vec<(*const Node, Option<usize>)>,
+    lru: LruScratch,
+}
+
+/// What `evict_lru` works in.
+#[derive(Default)]
+struct LruScratch {
+    member: Vec<bool>,
+    heap: BinaryHeap<Reverse<(u64, usize, TenantId)>>,
+}
+
+/// Every non-root node of a tree, seen under `guard`: only `Engine::walk` builds one, so each
+/// pointer in `seen` stays valid for `'g`.
+struct Walk<'s, 'g> {
+    seen: &'s [Seen],
+    guard: &'g Guard,
+}
+
+impl<'g> Walk<'_, 'g> {
+    fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    fn node(&self, i: usize) -> &'g Node {
+        // SAFETY: loaded under `self.guard` (see `Engine::walk`), which outlives `'g`.
+        unsafe { &*self.seen[i].node }
+    }
+
+    fn shared(&self, i: usize) -> Shared<'g, Node> {
+        Shared::from(self.seen[i].node)
+    }
+
+    fn parent_index(&self, i: usize) -> Option<usize> {
+        self.seen[i].parent
+    }
+
+    fn parent_of(&self, i: usize) -> &'g Node {
+        match self.seen[i].parent {
+            Some(p) => self.node(p),
+            // SAFETY: a shard root of the engine the walk was made on; roots live as long as it.
+            None => unsafe { &*self.seen[i].root },
+        }
+    }
+
+    /// Unlinks node `i` if it is an empty leaf. Returns whether it was unlinked.
+    fn unlink_if_empty(&self, i: usize) -> bool {
+        let n = self.node(i);
+        let childless = n
+            .children
+            .load(Ordering::Acquire, self.guard)
+            .with_tag(0)
+            .is_null();
+        if !childless || tenants::has_live(&n.slots) || !n.claim(Intent::Remove) {
+            return false;
+        }
+        // The replacement re-checks emptiness on the frozen snapshot; whatever it decided, the
+        // node is out of its parent once this returns `Ok`, unless the parent itself froze.
+        let _ = finish_replace(self.parent_of(i), self.shared(i), self.guard);
+        !self.is_present(i)
+    }
+
+    /// Whether node `i` is still in its parent's child array.
+    fn is_present(&self, i: usize) -> bool {
+        let array = self
+            .parent_of(i)
+            .children
+            .load(Ordering::Acquire, self.guard)
+            .with_tag(0);
+        // SAFETY: loaded under `self.guard`.
+        unsafe { children::entries(array, self.guard) }
+            .iter()
+            .any(|c| c.node == self.seen[i].node)
+    }
 }
 
 impl Engine {
@@ -46,64 +130,32 @@ impl Engine {
         }
     }
 
-    /// Every non-root node, parents before children, children in first-char order.
-    fn collect<'g>(&'g self, guard: &'g Guard) -> Vec<Seen<'g>> {
-        let mut out = Vec::new();
+    /// Every non-root node, parents before children, children in first-char order, into
+    /// `seen` (cleared first; `stack` is working space).
+    fn walk<'s, 'g>(
+        &self,
+        seen: &'s mut Vec<Seen>,
+        stack: &mut Vec<(*const Node, Option<usize>)>,
+        guard: &'g Guard,
+    ) -> Walk<'s, 'g> {
+        seen.clear();
         for root in self.roots.iter() {
             let root: &Node = root;
-            let mut stack: Vec<(Shared<'g, Node>, Option<usize>)> = Vec::new();
-            push_children(root, None, &mut stack, guard);
+            stack.clear();
+            push_children(root, None, stack, guard);
             while let Some((node, parent)) = stack.pop() {
-                let index = out.len();
-                out.push(Seen { node, parent, root });
-                // SAFETY: loaded under `guard`.
-                push_children(unsafe { node.deref() }, Some(index), &mut stack, guard);
+                let index = seen.len();
+                seen.push(Seen { node, parent, root });
+                // SAFETY: loaded under `guard` from a child array.
+                push_children(unsafe { &*node }, Some(index), stack, guard);
             }
         }
-        out
-    }
-
-    fn parent_of<'g>(&self, seen: &[Seen<'g>], i: usize) -> &'g Node {
-        match seen[i].parent {
-            // SAFETY: loaded under the guard that `seen` borrows.
-            Some(p) => unsafe { seen[p].node.deref() },
-            None => seen[i].root,
-        }
-    }
-
-    /// Unlinks `seen[i]` if it is an empty leaf. Returns whether it was unlinked.
-    fn unlink_if_empty<'g>(&self, seen: &[Seen<'g>], i: usize, guard: &'g Guard) -> bool {
-        // SAFETY: loaded under `guard`.
-        let n = unsafe { seen[i].node.deref() };
-        let childless = n
-            .children
-            .load(Ordering::Acquire, guard)
-            .with_tag(0)
-            .is_null();
-        if !childless || tenants::has_live(&n.slots) || !n.claim(Intent::Remove) {
-            return false;
-        }
-        // The replacement re-checks emptiness on the frozen snapshot; whatever it decided, the
-        // node is out of its parent once this returns `Ok`, unless the parent itself froze.
-        let _ = finish_replace(self.parent_of(seen, i), seen[i].node, guard);
-        !unsafe { self.is_present(seen, i, guard) }
-    }
-
-    /// Whether `seen[i]` is still in its parent's child array.
-    ///
-    /// # Safety
-    /// `guard` must be the guard `seen` was collected under.
-    unsafe fn is_present<'g>(&self, seen: &[Seen<'g>], i: usize, guard: &'g Guard) -> bool {
-        let parent = self.parent_of(seen, i);
-        let array = parent.children.load(Ordering::Acquire, guard).with_tag(0);
-        // SAFETY: loaded under `guard`.
-        unsafe { children::entries(array, guard) }
-            .iter()
-            .any(|c| c.node == seen[i].node.as_raw())
+        Walk { seen, guard }
     }
 
     pub(crate) fn evict_tenants_over(&self, max_chars: usize) -> EvictionStats {
         let mut stats = EvictionStats::default();
+        let mut scratch = EvictionScratch::default();
         for _ in 0..EVICTION_PASSES {
             let over: Vec<TenantId> = self
                 .registry
@@ -114,18 +166,22 @@ impl Engine {
                 break;
             }
             let guard = epoch::pin();
-            let seen = self.collect(&guard);
+            let EvictionScratch { seen, stack, lru } = &mut scratch;
+            let walk = self.walk(seen, stack, &guard);
             for id in over {
                 let done = || self.registry.chars(id) <= max_chars;
-                self.evict_lru(&[id], done, &seen, &mut stats, &guard);
+                self.evict_lru(&[id], done, &walk, lru, &mut stats);
             }
         }
         stats
     }
-
     /// Detaches tenants from their least recently used leaves, all tenants in one LRU order,
-    /// until the tree-wide total is at most `max_total`.
-    pub(crate) fn evict_to_total(&self, max_total: usize) -> EvictionStats {
+    /// until the tree-wide total is at most `max_total`, working in `scratch`.
+    pub(crate) fn evict_to_total(
+        &self,
+        max_total: usize,
+        scratch: &mut EvictionScratch,
+    ) -> EvictionStats {
         let mut stats = EvictionStats::default();
         for _ in 0..EVICTION_PASSES {
             if self.total_chars() <= max_total {
@@ -133,9 +189,10 @@ impl Engine {
             }
             let ids: Vec<TenantId> = self.registry.ids().collect();
             let guard = epoch::pin();
-            let seen = self.collect(&guard);
+            let EvictionScratch { seen, stack, lru } = &mut *scratch;
+            let walk = self.walk(seen, stack, &guard);
             let done = || self.total_chars() <= max_total;
-            self.evict_lru(&ids, done, &seen, &mut stats, &guard);
+            self.evict_lru(&ids, done, &walk, lru, &mut stats);
         }
         stats
     }
@@ -143,60 +200,57 @@ impl Engine {
     /// Pops (tenant, leaf) pairs of `ids` in least-recently-used order, detaching each, until
     /// `done()`. A node is a leaf for a tenant when the tenant holds it and no child does; when a
     /// detach leaves the parent such a leaf, the parent joins the queue.
-    fn evict_lru<'g>(
+    fn evict_lru(
         &self,
         ids: &[TenantId],
         done: impl Fn() -> bool,
-        seen: &[Seen<'g>],
+        walk: &Walk<'_, '_>,
+        scratch: &mut LruScratch,
         stats: &mut EvictionStats,
-        guard: &'g Guard,
     ) {
+        let LruScratch { member, heap } = scratch;
         // Membership by index: one lookup per slot, whatever the number of tenants.
-        let mut member = vec![false; ids.iter().map(|id| id.index() + 1).max().unwrap_or(0)];
+        member.clear();
+        member.resize(
+            ids.iter().map(|id| id.index() + 1).max().unwrap_or(0),
+            false,
+        );
         for id in ids {
             member[id.index()] = true;
         }
         let wanted = |id: TenantId| member.get(id.index()).copied().unwrap_or(false);
-        let mut child_holds: HashSet<(usize, TenantId)> = HashSet::new();
-        for s in seen {
-            if let Some(p) = s.parent {
-                // SAFETY: loaded under `guard`.
-                for (id, _) in tenants::live(unsafe { &s.node.deref().slots }) {
-                    if wanted(id) {
-                        child_holds.insert((p, id));
-                    }
+        // Leaves for a tenant, found by looking at the node's own children: most nodes have
+        // none, and the rest few. (A set of (parent, tenant) pairs hashed every slot of the
+        // tree: half a pass's instructions under callgrind.) Heapified once, in place.
+        let mut leaves = std::mem::take(heap).into_vec();
+        leaves.clear();
+        for i in 0..walk.len() {
+            let n = walk.node(i);
+            for (id, tick) in tenants::live(&n.slots) {
+                if wanted(id) && !any_child_holds(n, id, walk.guard) {
+                    leaves.push(Reverse((tick, i, id)));
                 }
             }
         }
-        let mut heap = BinaryHeap::new();
-        for (i, s) in seen.iter().enumerate() {
-            // SAFETY: loaded under `guard`.
-            for (id, tick) in tenants::live(unsafe { &s.node.deref().slots }) {
-                if wanted(id) && !child_holds.contains(&(i, id)) {
-                    heap.push(Reverse((tick, i, id)));
-                }
-            }
-        }
+        *heap = BinaryHeap::from(leaves);
         while !done() {
             let Some(Reverse((_, i, id))) = heap.pop() else {
                 break;
             };
-            // SAFETY: loaded under `guard`.
-            let n = unsafe { seen[i].node.deref() };
+            let n = walk.node(i);
             if tenants::detach(&n.slots, id) != Detach::Detached {
                 continue;
             }
             self.counted_detach(id, n.chars);
             stats.detached += 1;
             stats.chars_freed += n.chars;
-            if self.unlink_if_empty(seen, i, guard) {
+            if walk.unlink_if_empty(i) {
                 stats.nodes_removed += 1;
             }
-            if let Some(p) = seen[i].parent {
-                // SAFETY: loaded under `guard`.
-                let parent = unsafe { seen[p].node.deref() };
+            if let Some(p) = walk.parent_index(i) {
+                let parent = walk.node(p);
                 if let Some(tick) = tenants::tick(&parent.slots, id) {
-                    if !any_child_holds(parent, id, guard) {
+                    if !any_child_holds(parent, id, walk.guard) {
                         heap.push(Reverse((tick, p, id)));
                     }
                 }
@@ -208,15 +262,15 @@ impl Engine {
         // Before the walk: an insert racing the removal sets it again (see `tenant.rs`).
         self.registry.set_live(id, false);
         let guard = epoch::pin();
-        let seen = self.collect(&guard);
+        let (mut seen, mut stack) = (Vec::new(), Vec::new());
+        let walk = self.walk(&mut seen, &mut stack, &guard);
         // Children before parents, so a parent emptied by the removal is already a leaf.
-        for i in (0..seen.len()).rev() {
-            // SAFETY: loaded under `guard`.
-            let n = unsafe { seen[i].node.deref() };
+        for i in (0..walk.len()).rev() {
+            let n = walk.node(i);
             if tenants::detach(&n.slots, id) == Detach::Detached {
                 self.counted_detach(id, n.chars);
             }
-            self.unlink_if_empty(&seen, i, &guard);
+            walk.unlink_if_empty(i);
         }
     }
 
@@ -229,9 +283,10 @@ impl Engine {
             .filter(|id| self.registry.is_live(*id))
             .map(|id| (id, 0))
             .collect();
-        for s in self.collect(&guard) {
-            // SAFETY: loaded under `guard`.
-            let n = unsafe { s.node.deref() };
+        let (mut seen, mut stack) = (Vec::new(), Vec::new());
+        let walk = self.walk(&mut seen, &mut stack, &guard);
+        for i in 0..walk.len() {
+            let n = walk.node(i);
             for (id, _) in tenants::live(&n.slots) {
                 *sizes.entry(id).or_insert(0) += n.chars;
             }
@@ -250,16 +305,16 @@ impl Engine {
     }
 }
 
-fn push_children<'g>(
+fn push_children(
     node: &Node,
     parent: Option<usize>,
-    stack: &mut Vec<(Shared<'g, Node>, Option<usize>)>,
-    guard: &'g Guard,
+    stack: &mut Vec<(*const Node, Option<usize>)>,
+    guard: &Guard,
 ) {
     let array = node.children.load(Ordering::Acquire, guard).with_tag(0);
     // SAFETY: loaded under `guard`. Pushed in reverse so they pop in first-char order.
     for c in unsafe { children::entries(array, guard) }.iter().rev() {
-        stack.push((Shared::from(c.node), parent));
+        stack.push((c.node, parent));
     }
 }
 

@@ -31,6 +31,7 @@ use std::collections::HashMap;
 use std::fmt;
 use walk::{Filter, Hint};
 
+pub(crate) use maintain::EvictionScratch;
 pub use maintain::EvictionStats;
 
 /// How a [`Tree`] is built.
@@ -298,7 +299,17 @@ impl Tree {
     /// Detaches tenants from their least recently used leaves, all tenants in one LRU order,
     /// until the whole tree holds at most `max_total` chars: the per-tree budget.
     pub fn evict_to_total(&self, max_total: usize) -> EvictionStats {
-        self.engine.evict_to_total(max_total)
+        self.engine
+            .evict_to_total(max_total, &mut EvictionScratch::default())
+    }
+
+    /// [`Tree::evict_to_total`] in buffers the caller keeps from one pass to the next.
+    pub(crate) fn evict_to_total_in(
+        &self,
+        max_total: usize,
+        scratch: &mut EvictionScratch,
+    ) -> EvictionStats {
+        self.engine.evict_to_total(max_total, scratch)
     }
 
     // ----- seed-compatible API -----
