@@ -35,6 +35,25 @@ def routing():
                 b = f"{base / 1e6:.1f}" if base else "-"
                 bo = f"{base / ours:.0f}x" if base else "-"
                 print(f"| {t} | {fl / 1e6:.2f} | {ours / 1e6:.2f} | {b} | {ours / fl:.1f}x | {bo} | {ours1 / ours:.2f}x |")
+            scaling(g.name)
+
+
+def scaling(group):
+    """Throughput vs 1 thread: the floor, ours, one router per thread, and a warm router."""
+    names = ["floor", "ours", "ours-own", "ours-warm"]
+    one = {n: median_ns(group, f"{n}_1t") for n in names}
+    if None in one.values():
+        return
+    print(f"\nScaling vs 1 thread ({group.replace('_', '/')}; ours-own: a router per thread, "
+          "nothing shared; ours-warm: the workload already cached)\n")
+    print("| threads | floor | ours | ours-own | ours-warm | ours-warm 1t / floor 1t |")
+    print("|---|---|---|---|---|---|")
+    for t in [1, 2, 4, 8]:
+        now = {n: median_ns(group, f"{n}_{t}t") for n in names}
+        if None in now.values():
+            continue
+        cells = " | ".join(f"{one[n] / now[n]:.2f}x" for n in names)
+        print(f"| {t} | {cells} | {one['ours-warm'] / one['floor']:.1f}x |")
 
 
 def tree():

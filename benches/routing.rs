@@ -12,8 +12,8 @@ mod baseline;
 mod support;
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
-use std::time::Duration;
-use support::{env, mooncake, replay, shared_prefix, Base, Ours, Router};
+use std::time::{Duration, Instant};
+use support::{env, mooncake, replay, replay_slice, shared_prefix, Base, Ours, Router};
 
 fn parallel_floor(texts: &[String], copies: &[String], threads: usize) -> usize {
     std::thread::scope(|s| {
@@ -36,6 +36,18 @@ fn parallel_floor(texts: &[String], copies: &[String], threads: usize) -> usize 
     })
 }
 
+/// One replay of `texts` split round-robin over one thread per router, each thread routing
+/// its share through its own router; returns the wall time.
+fn replay_own(routers: &[Ours], texts: &[String]) -> Duration {
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for (t, router) in routers.iter().enumerate() {
+            s.spawn(move || replay_slice(router, texts, t, routers.len()));
+        }
+    });
+    start.elapsed()
+}
+
 fn bench_workload(c: &mut Criterion, name: &str, texts: &[String]) {
     let copies: Vec<String> = texts.to_vec();
     let workers = env("BENCH_WORKERS", 8);
@@ -54,6 +66,32 @@ fn bench_workload(c: &mut Criterion, name: &str, texts: &[String]) {
             b.iter_custom(|iters| {
                 (0..iters)
                     .map(|_| replay(&Ours::new(workers, 0, 1 << 30), texts, threads))
+                    .sum()
+            })
+        });
+    }
+    // Scaling diagnostics, ours only. `ours-warm`: the router already holds the workload (one
+    // untimed replay first), so the timed replay is nearly all hits and inserts almost
+    // nothing. `ours-own`: each thread replays its share into a router of its own, so threads
+    // share no memory at all; if this scales no better than `ours`, shared state is not what
+    // limits it.
+    for threads in [1, 2, 4, 8] {
+        g.bench_function(format!("ours-warm/{threads}t"), |b| {
+            let warm = Ours::new(workers, 0, 1 << 30);
+            replay(&warm, texts, 1);
+            b.iter_custom(|iters| (0..iters).map(|_| replay(&warm, texts, threads)).sum())
+        });
+    }
+    for threads in [1, 2, 4, 8] {
+        g.bench_function(format!("ours-own/{threads}t"), |b| {
+            b.iter_custom(|iters| {
+                (0..iters)
+                    .map(|_| {
+                        let own: Vec<Ours> = (0..threads)
+                            .map(|_| Ours::new(workers, 0, 1 << 30))
+                            .collect();
+                        replay_own(&own, texts)
+                    })
                     .sum()
             })
         });

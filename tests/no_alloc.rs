@@ -1,14 +1,19 @@
-//! The match path allocates nothing: a counting global allocator watches `match_counts` and a
-//! cache-hit `match_and_insert` (text already recorded for the chosen tenant).
+//! Allocation behaviour, watched by a counting global allocator: the match path allocates
+//! nothing (`match_counts` and a cache-hit `match_and_insert`), and dropping a policy frees its
+//! trees in the dropping thread, not later inside some other request.
 
-use cache_aware_router::Tree;
+use cache_aware_router::{
+    BasicWorkerBuilder, CacheAwareConfig, CacheAwarePolicy, LoadBalancingPolicy, Tree, Worker,
+};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
+use std::sync::Arc;
 
 struct Counting;
 
 thread_local! {
     static ALLOCS: Cell<usize> = const { Cell::new(0) };
+    static FREED_BYTES: Cell<usize> = const { Cell::new(0) };
 }
 
 // SAFETY: forwards to the system allocator; only counts calls on the current thread.
@@ -19,6 +24,7 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        let _ = FREED_BYTES.try_with(|c| c.set(c.get() + layout.size()));
         // SAFETY: same contract as ours.
         unsafe { System.dealloc(ptr, layout) }
     }
@@ -31,6 +37,41 @@ fn allocations_in(f: impl FnOnce()) -> usize {
     let before = ALLOCS.with(Cell::get);
     f();
     ALLOCS.with(Cell::get) - before
+}
+
+fn bytes_freed_in(f: impl FnOnce()) -> usize {
+    let before = FREED_BYTES.with(Cell::get);
+    f();
+    FREED_BYTES.with(Cell::get) - before
+}
+
+#[test]
+fn dropping_a_policy_frees_its_trees_in_the_dropping_thread() {
+    let policy = CacheAwarePolicy::with_config(CacheAwareConfig {
+        eviction_interval_secs: 0,
+        ..CacheAwareConfig::default()
+    });
+    let workers: Vec<Arc<dyn Worker>> = (0..4)
+        .map(|i| Arc::new(BasicWorkerBuilder::new(format!("http://w{i}:8000")).build()) as _)
+        .collect();
+    // Each registration retires a version of the tables, which still holds the model's tree;
+    // this thread's epoch bag keeps them, since it pins too rarely to collect.
+    policy.init_workers(&workers);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for i in 0..200 {
+                let prompt = format!("{i:03} {}", "x".repeat(1000));
+                policy.select_worker(&workers, Some(&prompt));
+            }
+        });
+    });
+    let stored = policy.metrics().tree_chars[0].1;
+    assert!(stored > 200_000);
+    let freed = bytes_freed_in(|| drop(policy));
+    assert!(
+        freed >= stored,
+        "dropping the policy freed {freed} bytes here; its tree held {stored} chars"
+    );
 }
 
 #[test]

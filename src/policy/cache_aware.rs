@@ -691,6 +691,23 @@ impl LoadBalancingPolicy for CacheAwarePolicy {
     }
 }
 
+impl Drop for CacheAwarePolicy {
+    fn drop(&mut self) {
+        // The evictor first: it is the only other thread that can be inside the trees.
+        drop(self.evictor.take());
+        // Then free the trees here and now. Retired versions of the tables still hold the
+        // models, and the last of them to be collected would otherwise drop a whole tree inside
+        // whichever thread's epoch pin collects it: another request's routing decision.
+        let guard = epoch::pin();
+        for model in &self.shared.tables.load(&guard).models {
+            // SAFETY: `&mut self` is the only handle on the policy and the evictor is joined, so
+            // no thread is inside these trees or can enter them; nothing the policy hands out
+            // (tickets, snapshots) refers to a tree.
+            unsafe { model.tree.free_nodes_now() };
+        }
+    }
+}
+
 impl Default for CacheAwarePolicy {
     fn default() -> Self {
         Self::new()

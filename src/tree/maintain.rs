@@ -297,10 +297,22 @@ impl Engine {
     /// Frees every node and array. Called from `Tree::drop`, when no other thread can hold a
     /// reference.
     pub(crate) fn free_all(&mut self) {
-        // SAFETY: `&mut self` means no thread is inside the tree, so nothing needs protecting.
+        // SAFETY: `&mut self` means no thread is inside the tree, or can enter it.
+        unsafe { self.free_nodes() }
+    }
+
+    /// Unlinks and frees every node now, leaving empty roots (tenant counts are left as they
+    /// were: the tree is only dropped after this).
+    ///
+    /// # Safety
+    /// No other thread may be inside the tree, or enter it before it is dropped.
+    pub(crate) unsafe fn free_nodes(&self) {
+        // SAFETY: per the contract nothing else can reach any node, so nothing needs protecting.
         let guard = unsafe { epoch::unprotected() };
         for root in self.roots.iter() {
-            free_children(root, guard);
+            let array = root.children.swap(Shared::null(), Ordering::Relaxed, guard);
+            // SAFETY: unlinked from its root just now, and reachable from nowhere else.
+            unsafe { free_subtree(array.with_tag(0), guard) };
         }
     }
 }
@@ -326,18 +338,21 @@ fn any_child_holds(node: &Node, id: TenantId, guard: &Guard) -> bool {
         .any(|c| tenants::holds(unsafe { &(*c.node).slots }, id))
 }
 
-/// Frees `node`'s subtree (not `node`).
-fn free_children(node: &Node, guard: &Guard) {
-    let array = node.children.load(Ordering::Relaxed, guard).with_tag(0);
+/// Frees `array`, its nodes and everything below them.
+///
+/// # Safety
+/// Exclusive access: no other thread can reach `array` or anything below it, and nothing else
+/// will free them (each node and array is reachable from exactly one parent).
+unsafe fn free_subtree(array: Shared<'_, children::ChildArray>, guard: &Guard) {
     if array.is_null() {
         return;
     }
-    // SAFETY: exclusive access (see `free_all`); each node and array is reachable from exactly
-    // one parent, so each is freed once.
+    // SAFETY: per the contract, each entry's node is ours alone to free, once.
     unsafe {
         for c in children::entries(array, guard) {
             let child = Shared::from(c.node);
-            free_children(child.deref(), guard);
+            let below = child.deref().children.load(Ordering::Relaxed, guard);
+            free_subtree(below.with_tag(0), guard);
             drop(child.into_owned());
         }
         drop(array.into_owned());

@@ -419,6 +419,15 @@ impl Tree {
             .collect()
     }
 
+    /// Frees every node now, in this thread (the tree is only dropped after this).
+    ///
+    /// # Safety
+    /// No other thread may be inside the tree, or enter it before it is dropped.
+    pub(crate) unsafe fn free_nodes_now(&self) {
+        // SAFETY: the caller's contract is the engine's.
+        unsafe { self.engine.free_nodes() }
+    }
+
     fn deepest_slots<'g>(
         &self,
         deepest: *const Node,
