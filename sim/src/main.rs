@@ -186,6 +186,8 @@ fn run(args: Args) -> Result<(), String> {
     bar.finish_and_clear();
     let rows = report::rows(&outcomes);
     println!("{}", report::table(&rows));
+    let bound = model::ttft_lower_bound_ms(&requests, cfg.prefill_us_per_token);
+    println!("{}", report::bound_line(&bound, &rows));
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?;
         write_atomically(path, &json)?;

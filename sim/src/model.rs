@@ -302,6 +302,28 @@ pub fn simulate(
     out
 }
 
+/// Per request, a TTFT no policy can beat: no queueing, and every leading block that any
+/// earlier request brought already cached on the chosen worker, so only blocks the trace has
+/// never seen before are prefilled. Each replay's TTFT for a request is at least this (a worker
+/// can only hold blocks earlier requests brought), so every percentile of it is at least the
+/// same percentile of these.
+pub fn ttft_lower_bound_ms(requests: &[Request], prefill_us_per_token: f64) -> Vec<f64> {
+    let mut seen = std::collections::HashSet::new();
+    requests
+        .iter()
+        .map(|req| {
+            let known = req
+                .hash_ids
+                .iter()
+                .take_while(|h| seen.contains(*h))
+                .count() as u64;
+            let hit = (known * TOKENS_PER_BLOCK).min(req.input_length);
+            seen.extend(req.hash_ids.iter().copied());
+            (req.input_length - hit) as f64 * prefill_us_per_token / 1000.0
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,6 +374,26 @@ mod tests {
                 "{p}"
             );
             assert_eq!(a.ttft_ms, b.ttft_ms, "{p}");
+        }
+    }
+
+    #[test]
+    fn no_policy_beats_the_lower_bound_on_any_request() {
+        let reqs = generate(800, 5);
+        let c = cfg();
+        let bound = ttft_lower_bound_ms(&reqs, c.prefill_us_per_token);
+        let full = |r: &Request| r.input_length as f64 * c.prefill_us_per_token / 1000.0;
+        // The bound credits earlier blocks on some requests, and is not zero everywhere.
+        assert!(reqs.iter().zip(&bound).any(|(r, b)| *b < full(r)));
+        assert!(bound.iter().any(|&b| b > 0.0));
+        for p in POLICIES {
+            let o = run(p, &reqs, &c);
+            for (i, (ttft, lb)) in o.ttft_ms.iter().zip(&bound).enumerate() {
+                assert!(
+                    ttft + 1e-9 >= *lb,
+                    "{p}: request {i} took {ttft} ms, bound {lb}"
+                );
+            }
         }
     }
 
