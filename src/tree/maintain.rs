@@ -53,6 +53,8 @@ pub(crate) struct EvictionScratch {
 #[derive(Default)]
 struct LruScratch {
     member: Vec<bool>,
+    /// The tenants holding some child of the node being looked at.
+    held_below: Vec<TenantId>,
     heap: BinaryHeap<Reverse<(u64, usize, TenantId)>>,
 }
 
@@ -84,7 +86,7 @@ impl<'g> Walk<'_, 'g> {
     fn parent_of(&self, i: usize) -> &'g Node {
         match self.seen[i].parent {
             Some(p) => self.node(p),
-            // SAFETY: a shard root of the engine the walk was made on; roots live as long as it.
+            // SAFETY: a shard root of the engine the walk was made on, which `'g` borrows.
             None => unsafe { &*self.seen[i].root },
         }
     }
@@ -133,7 +135,7 @@ impl Engine {
     /// Every non-root node, parents before children, children in first-char order, into
     /// `seen` (cleared first; `stack` is working space).
     fn walk<'s, 'g>(
-        &self,
+        &'g self,
         seen: &'s mut Vec<Seen>,
         stack: &mut Vec<(*const Node, Option<usize>)>,
         guard: &'g Guard,
@@ -175,6 +177,7 @@ impl Engine {
         }
         stats
     }
+
     /// Detaches tenants from their least recently used leaves, all tenants in one LRU order,
     /// until the tree-wide total is at most `max_total`, working in `scratch`.
     pub(crate) fn evict_to_total(
@@ -208,7 +211,11 @@ impl Engine {
         scratch: &mut LruScratch,
         stats: &mut EvictionStats,
     ) {
-        let LruScratch { member, heap } = scratch;
+        let LruScratch {
+            member,
+            held_below,
+            heap,
+        } = scratch;
         // Membership by index: one lookup per slot, whatever the number of tenants.
         member.clear();
         member.resize(
@@ -219,15 +226,23 @@ impl Engine {
             member[id.index()] = true;
         }
         let wanted = |id: TenantId| member.get(id.index()).copied().unwrap_or(false);
-        // Leaves for a tenant, found by looking at the node's own children: most nodes have
-        // none, and the rest few. (A set of (parent, tenant) pairs hashed every slot of the
-        // tree: half a pass's instructions under callgrind.) Heapified once, in place.
+        // A node is a leaf for a tenant when none of its children holds it. Most nodes have no
+        // children; for the rest, their children's tenants are gathered once and searched.
+        // Heapified once, in place.
         let mut leaves = std::mem::take(heap).into_vec();
         leaves.clear();
         for i in 0..walk.len() {
             let n = walk.node(i);
+            held_below.clear();
+            let array = n.children.load(Ordering::Acquire, walk.guard).with_tag(0);
+            // SAFETY: loaded under the walk's guard; nodes in it stay allocated while it is held.
+            for c in unsafe { children::entries(array, walk.guard) } {
+                // SAFETY: as above.
+                held_below.extend(tenants::live(unsafe { &(*c.node).slots }).map(|(id, _)| id));
+            }
+            held_below.sort_unstable();
             for (id, tick) in tenants::live(&n.slots) {
-                if wanted(id) && !any_child_holds(n, id, walk.guard) {
+                if wanted(id) && held_below.binary_search(&id).is_err() {
                     leaves.push(Reverse((tick, i, id)));
                 }
             }
