@@ -7,6 +7,17 @@ use common::assert_accounting;
 use cache_aware_router::{ManualClock, Tree, TreeConfig, TreeError};
 use std::collections::HashMap;
 
+/// A tree whose ticks move only when the returned clock is told to.
+fn tree_with_manual_clock() -> (Tree, ManualClock) {
+    let clock = ManualClock::new();
+    let tree = Tree::with_config(TreeConfig {
+        clock: clock.clone().into(),
+        ..TreeConfig::default()
+    })
+    .unwrap();
+    (tree, clock)
+}
+
 fn sizes(pairs: &[(&str, usize)]) -> HashMap<String, usize> {
     pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
 }
@@ -168,12 +179,7 @@ fn remove_tenant_leaves_others_exact() {
 
 #[test]
 fn eviction_keeps_each_tenant_within_its_limit_lru_first() {
-    let clock = ManualClock::new();
-    let tree = Tree::with_config(TreeConfig {
-        clock: clock.clone().into(),
-        ..TreeConfig::default()
-    })
-    .unwrap();
+    let (tree, clock) = tree_with_manual_clock();
     let texts = ["alpha-one", "bravo-two", "charlie-three", "delta-four"];
     for t in texts {
         clock.advance(1);
@@ -201,12 +207,7 @@ fn eviction_keeps_each_tenant_within_its_limit_lru_first() {
 
 #[test]
 fn evict_to_total_removes_the_oldest_leaves_across_tenants_first() {
-    let clock = ManualClock::new();
-    let tree = Tree::with_config(TreeConfig {
-        clock: clock.clone().into(),
-        ..TreeConfig::default()
-    })
-    .unwrap();
+    let (tree, clock) = tree_with_manual_clock();
     // a: "shared-x" at tick 1, then "shared-y" at tick 2 (the two share the node "shared-").
     // b: "other" at tick 3.
     clock.set(1);

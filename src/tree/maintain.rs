@@ -38,10 +38,11 @@ struct Seen {
     root: *const Node,
 }
 
-/// The buffers an eviction pass works in. The evictor thread keeps one for its whole life, so a
-/// pass in steady state allocates nothing of its own (only the child arrays that unlinking
-/// rebuilds): under an insert-heavy load passes run hundreds of times a second, and each used to
-/// regrow and free buffers of a few hundred KiB.
+/// The buffers an eviction pass works in, all of which grow with the tree. The evictor thread
+/// keeps one for its whole life, so in steady state a pass allocates none of them again (what
+/// it still allocates is small: the tenant id list, and the child arrays that unlinking
+/// rebuilds). Under an insert-heavy load passes run hundreds of times a second, and each used
+/// to regrow and free buffers of a few hundred KiB.
 #[derive(Default)]
 pub(crate) struct EvictionScratch {
     seen: Vec<Seen>,
