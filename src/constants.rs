@@ -48,6 +48,15 @@ pub(crate) const EVICTION_PASSES: usize = 4;
 /// is a memory ceiling, not a target.
 pub(crate) const EVICTION_HEADROOM_DIVISOR: usize = 4;
 
+/// Cells of a striped counter (the policy's counters, each worker's processed count). Threads
+/// pick a cell by a hash of their id, so two routing threads share one with probability 1/8;
+/// a cell is 128 bytes, so a counter is 1 KiB.
+#[cfg(not(router_loom))]
+pub(crate) const STRIPES: usize = 8;
+/// Under loom every cell is a modelled atomic (and every worker has a counter): keep them few.
+#[cfg(router_loom)]
+pub(crate) const STRIPES: usize = 2;
+
 /// Workers `select_worker` resolves into a stack array (8 bytes each, 512 bytes, zeroed per
 /// request): fleets up to this size route without allocating; larger ones spill to one `Vec`
 /// per request.

@@ -10,11 +10,11 @@
 //! Loom found this: with all-`Relaxed` counters a snapshot could report a finished pass next to
 //! the tree sizes from before it.
 
+use crate::constants::STRIPES;
 use crate::sync::{AtomicU64, AtomicUsize, Ordering};
 use crossbeam_utils::CachePadded;
 use std::fmt;
 
-const STRIPES: usize = 8;
 
 fn my_stripe() -> usize {
     thread_local! {
