@@ -28,6 +28,13 @@ pub(crate) const TENANT_CHUNK: usize = 8;
 /// one tenant; one spare slot lets a second tenant join without rebuilding the node.
 pub(crate) const MIN_TENANT_SLOTS: usize = 2;
 
+/// Tenant slots kept inside the node itself; nodes that need more get a heap array instead.
+/// Three is a fresh leaf's capacity (`1 + MIN_TENANT_SLOTS`): of the slot arrays a cold
+/// Mooncake replay builds, 96% fit (94% with 64 workers), and a node with three inline slots is
+/// 104 bytes, less than the 80-byte node plus separate 24-byte array it replaces once glibc's
+/// chunk headers are counted (112 vs 96 + 32).
+pub(crate) const INLINE_SLOTS: usize = 3;
+
 /// Steps of a descent remembered on the stack so the insert that follows a match can skip the
 /// byte comparisons. Deeper paths still work; the steps past this are compared again.
 /// 64 steps of 16 bytes is 1 KiB of stack; Mooncake-shaped prompts branch far less often.

@@ -38,7 +38,7 @@
 
 use super::children::{self, Child, ChildArray, FROZEN_CHILDREN};
 use super::label::{char_count, first_char, Label};
-use super::tenants::{self, Slots};
+use super::tenants::{self, SlotArray};
 use crate::sync::{AtomicU64, Ordering};
 use crate::tenant::TenantId;
 use crossbeam_epoch::{Atomic, Guard, Owned, Shared};
@@ -59,7 +59,7 @@ pub(crate) struct Node {
     pub(crate) chars: usize,
     state: AtomicU64,
     pub(crate) children: Atomic<ChildArray>,
-    pub(crate) slots: Box<Slots>,
+    pub(crate) slots: SlotArray,
     successor: Atomic<Node>,
 }
 
@@ -79,7 +79,7 @@ pub(crate) enum Intent {
 pub(crate) struct ParentFrozen;
 
 impl Node {
-    pub(crate) fn new(label: Label, chars: usize, slots: Box<Slots>) -> Self {
+    pub(crate) fn new(label: Label, chars: usize, slots: SlotArray) -> Self {
         Self {
             label,
             chars,

@@ -21,6 +21,7 @@
 //! total order across locations. Refreshes that lose a CAS are dropped: a tick is an LRU hint.
 
 use crate::clock::MAX_TICK;
+use crate::constants::INLINE_SLOTS;
 use crate::sync::{AtomicU64, Ordering};
 use crate::tenant::TenantId;
 
@@ -83,17 +84,47 @@ pub(crate) enum Detach {
     Frozen,
 }
 
-/// A fresh slot array of `capacity` slots holding `live` (tenant, tick) pairs first.
-pub(crate) fn new_slots(live: &[(TenantId, u64)], capacity: usize) -> Box<Slots> {
+/// A node's slot array, fixed at construction: in the node itself when `INLINE_SLOTS` are
+/// enough (a leaf starts with one tenant and room for more), else on the heap. Most nodes never
+/// outgrow the inline slots, so they cost one allocation fewer and their slots share the node's
+/// cache lines. Derefs to the slots.
+pub(crate) struct SlotArray {
+    inline: [AtomicU64; INLINE_SLOTS],
+    /// Empty (no allocation) when the inline slots are in use.
+    spilled: Box<Slots>,
+}
+
+impl std::ops::Deref for SlotArray {
+    type Target = Slots;
+
+    #[inline]
+    fn deref(&self) -> &Slots {
+        if self.spilled.is_empty() {
+            &self.inline
+        } else {
+            &self.spilled
+        }
+    }
+}
+
+/// A fresh slot array of at least `capacity` slots holding `live` (tenant, tick) pairs first.
+pub(crate) fn new_slots(live: &[(TenantId, u64)], capacity: usize) -> SlotArray {
     debug_assert!(live.len() <= capacity);
-    (0..capacity)
-        .map(|i| {
-            AtomicU64::new(
-                live.get(i)
-                    .map_or(0, |&(id, tick)| encode(tag_for(id), tick)),
-            )
-        })
-        .collect()
+    let value = |i: usize| {
+        live.get(i)
+            .map_or(0, |&(id, tick)| encode(tag_for(id), tick))
+    };
+    if capacity <= INLINE_SLOTS {
+        SlotArray {
+            inline: std::array::from_fn(|i| AtomicU64::new(value(i))),
+            spilled: Box::default(),
+        }
+    } else {
+        SlotArray {
+            inline: std::array::from_fn(|_| AtomicU64::new(0)),
+            spilled: (0..capacity).map(|i| AtomicU64::new(value(i))).collect(),
+        }
+    }
 }
 
 /// Capacity for a rebuilt array holding `live` tenants: room to double.
@@ -238,15 +269,17 @@ mod tests {
     #[test]
     fn attach_refresh_detach() {
         let slots = new_slots(&[], 2);
+        assert_eq!(slots.len(), INLINE_SLOTS, "small arrays use the inline slots");
         assert_eq!(attach(&slots, id(3), 5), Attach::Attached);
         assert_eq!(attach(&slots, id(3), 9), Attach::Present);
         assert_eq!(tick(&slots, id(3)), Some(9));
         assert!(!refresh(&slots, id(4), 10));
         assert_eq!(attach(&slots, id(4), 1), Attach::Attached);
+        assert_eq!(attach(&slots, id(6), 1), Attach::Attached);
         assert_eq!(attach(&slots, id(5), 1), Attach::Full);
         assert_eq!(detach(&slots, id(3)), Detach::Detached);
         assert_eq!(detach(&slots, id(3)), Detach::Absent);
-        assert_eq!(live(&slots).collect::<Vec<_>>(), vec![(id(4), 1)]);
+        assert_eq!(live(&slots).collect::<Vec<_>>(), vec![(id(4), 1), (id(6), 1)]);
         // The DEAD slot is not reused: the array is full until rebuilt.
         assert_eq!(attach(&slots, id(3), 1), Attach::Full);
     }
@@ -259,6 +292,18 @@ mod tests {
         assert_eq!(attach(&slots, id(1), 9), Attach::Frozen);
         assert_eq!(detach(&slots, id(1)), Detach::Frozen);
         assert_eq!(live(&slots).collect::<Vec<_>>(), vec![(id(1), 4)]);
+    }
+
+    #[test]
+    fn large_arrays_spill_to_the_heap_with_their_tenants_first() {
+        let live: Vec<_> = (0..4).map(|i| (id(i), i as u64)).collect();
+        let slots = new_slots(&live, capacity_for(live.len()));
+        assert_eq!(slots.len(), 8);
+        assert_eq!(self::live(&slots).collect::<Vec<_>>(), live);
+        for i in 4..8 {
+            assert_eq!(attach(&slots, id(i), 0), Attach::Attached);
+        }
+        assert_eq!(attach(&slots, id(8), 0), Attach::Full);
     }
 
     #[test]
