@@ -1,8 +1,8 @@
 //! `select_worker` throughput, ours vs the seed's design (benches/baseline), next to the floor
 //! (reading each prompt once), on the `shared-prefix` and `mooncake` workloads at 1, 2, 4 and 8
 //! threads. One iteration replays the whole workload, in order, through a fresh router (so
-//! misses, splits and tree growth are all in it), split round-robin over the threads. Throughput
-//! is in requests.
+//! misses, splits and tree growth are all in it), on threads that claim 8 consecutive requests
+//! at a time (`support::run_claimed`), the floor likewise. Throughput is in requests.
 //!
 //! `cargo bench --bench routing` (`-- --quick` for a fast pass; `BENCH_BLOCK` sets the Mooncake
 //! block size in chars, default 256; `BENCH_WORKERS` the worker count, default 8).
@@ -13,26 +13,16 @@ mod support;
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use std::time::{Duration, Instant};
-use support::{env, mooncake, replay, replay_slice, shared_prefix, Base, Ours, Router};
+use support::{
+    env, mooncake, replay, replay_slice, run_claimed, shared_prefix, Base, Ours, Router,
+};
 
-fn parallel_floor(texts: &[String], copies: &[String], threads: usize) -> usize {
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                s.spawn(move || {
-                    texts
-                        .iter()
-                        .zip(copies)
-                        .skip(t)
-                        .step_by(threads)
-                        .filter(|(x, y)| {
-                            std::hint::black_box(x.as_bytes()) == std::hint::black_box(y.as_bytes())
-                        })
-                        .count()
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).sum()
+/// The floor on `threads` threads, claiming requests like a replay does.
+fn parallel_floor(texts: &[String], copies: &[String], threads: usize) -> std::time::Duration {
+    run_claimed(texts.len(), threads, |i| {
+        std::hint::black_box(
+            std::hint::black_box(texts[i].as_bytes()) == std::hint::black_box(copies[i].as_bytes()),
+        );
     })
 }
 
