@@ -15,7 +15,6 @@ use crate::sync::{AtomicU64, AtomicUsize, Ordering};
 use crossbeam_utils::CachePadded;
 use std::fmt;
 
-
 fn my_stripe() -> usize {
     thread_local! {
         static STRIPE: usize = {

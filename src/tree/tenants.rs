@@ -269,7 +269,11 @@ mod tests {
     #[test]
     fn attach_refresh_detach() {
         let slots = new_slots(&[], 2);
-        assert_eq!(slots.len(), INLINE_SLOTS, "small arrays use the inline slots");
+        assert_eq!(
+            slots.len(),
+            INLINE_SLOTS,
+            "small arrays use the inline slots"
+        );
         assert_eq!(attach(&slots, id(3), 5), Attach::Attached);
         assert_eq!(attach(&slots, id(3), 9), Attach::Present);
         assert_eq!(tick(&slots, id(3)), Some(9));
@@ -279,7 +283,10 @@ mod tests {
         assert_eq!(attach(&slots, id(5), 1), Attach::Full);
         assert_eq!(detach(&slots, id(3)), Detach::Detached);
         assert_eq!(detach(&slots, id(3)), Detach::Absent);
-        assert_eq!(live(&slots).collect::<Vec<_>>(), vec![(id(4), 1), (id(6), 1)]);
+        assert_eq!(
+            live(&slots).collect::<Vec<_>>(),
+            vec![(id(4), 1), (id(6), 1)]
+        );
         // The DEAD slot is not reused: the array is full until rebuilt.
         assert_eq!(attach(&slots, id(3), 1), Attach::Full);
     }
