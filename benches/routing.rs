@@ -14,17 +14,8 @@ mod support;
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use std::time::{Duration, Instant};
 use support::{
-    env, mooncake, replay, replay_slice, run_claimed, shared_prefix, Base, Ours, Router,
+    env, mooncake, parallel_floor, replay, replay_slice, shared_prefix, Base, Ours, Router,
 };
-
-/// The floor on `threads` threads, claiming requests like a replay does.
-fn parallel_floor(texts: &[String], copies: &[String], threads: usize) -> std::time::Duration {
-    run_claimed(texts.len(), threads, |i| {
-        std::hint::black_box(
-            std::hint::black_box(texts[i].as_bytes()) == std::hint::black_box(copies[i].as_bytes()),
-        );
-    })
-}
 
 /// One replay of `texts` split round-robin over one thread per router, each thread routing
 /// its share through its own router; returns the wall time.

@@ -258,6 +258,20 @@ pub(crate) fn run_claimed(
     start.elapsed()
 }
 
+/// The floor on `threads` threads, claiming requests like a replay does: each text compared
+/// with its equal copy in `copies`.
+pub(crate) fn parallel_floor(
+    texts: &[String],
+    copies: &[String],
+    threads: usize,
+) -> std::time::Duration {
+    run_claimed(texts.len(), threads, |i| {
+        std::hint::black_box(
+            std::hint::black_box(texts[i].as_bytes()) == std::hint::black_box(copies[i].as_bytes()),
+        );
+    })
+}
+
 /// One replay of `texts`, in order, on `threads` threads claiming requests as they go (see
 /// [`run_claimed`]); returns the wall time.
 pub(crate) fn replay(router: &dyn Router, texts: &[String], threads: usize) -> std::time::Duration {
