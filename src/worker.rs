@@ -61,9 +61,9 @@ pub struct BasicWorker {
     load: AtomicUsize,
     healthy: AtomicBool,
     /// Bumped on every request routed here, by whichever thread routed it: striped over
-    /// cache-padded cells (one shared cell cost a contended read-modify-write per request, the
-    /// largest growth from 1 to 2 routing threads in a warm Mooncake replay under `perf`), and
-    /// apart from `load` and `healthy`, which every routing decision reads.
+    /// cache-padded cells (as one shared cell, a contended read-modify-write per request whose
+    /// `perf` samples grew 5x from 1 to 2 routing threads in a warm Mooncake replay), and apart
+    /// from `load` and `healthy`, which every routing decision reads.
     processed: StripedCounter,
 }
 
