@@ -2,12 +2,12 @@
 //! nothing (`match_counts` and a cache-hit `match_and_insert`), and dropping a policy frees its
 //! trees in the dropping thread, not later inside some other request.
 
-use cache_aware_router::{
-    BasicWorkerBuilder, CacheAwareConfig, CacheAwarePolicy, LoadBalancingPolicy, Tree, Worker,
-};
+mod common;
+
+use cache_aware_router::{CacheAwareConfig, CacheAwarePolicy, LoadBalancingPolicy, Tree};
+use common::fleet;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::sync::Arc;
 
 struct Counting;
 
@@ -51,9 +51,7 @@ fn dropping_a_policy_frees_its_trees_in_the_dropping_thread() {
         eviction_interval_secs: 0,
         ..CacheAwareConfig::default()
     });
-    let workers: Vec<Arc<dyn Worker>> = (0..4)
-        .map(|i| Arc::new(BasicWorkerBuilder::new(format!("http://w{i}:8000")).build()) as _)
-        .collect();
+    let workers = fleet(4);
     // Each registration retires a version of the tables, which still holds the model's tree;
     // this thread's epoch bag keeps them, since it pins too rarely to collect.
     policy.init_workers(&workers);

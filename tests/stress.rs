@@ -5,12 +5,9 @@
 
 mod common;
 
-use cache_aware_router::{
-    BasicWorkerBuilder, CacheAwareConfig, CacheAwarePolicy, LoadBalancingPolicy, Tree, Worker,
-};
-use common::{assert_accounting, text, Rng};
+use cache_aware_router::{CacheAwareConfig, CacheAwarePolicy, LoadBalancingPolicy, Tree};
+use common::{assert_accounting, fleet, text, Rng};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
@@ -55,9 +52,7 @@ fn eight_threads_mixing_everything() {
         max_tree_size: 20_000,
         ..Default::default()
     });
-    let workers: Vec<Arc<dyn Worker>> = (0..6)
-        .map(|i| Arc::new(BasicWorkerBuilder::new(format!("http://w{i}")).build()) as _)
-        .collect();
+    let workers = fleet(6);
     policy.init_workers(&workers);
 
     thread::scope(|s| {

@@ -1,9 +1,17 @@
-//! Shared test helpers: a seeded RNG and a plain sequential reference tree.
+//! Shared test helpers: a seeded RNG, a plain sequential reference tree and a worker fleet.
 #![allow(dead_code)]
 
 pub(crate) mod reference;
 
-use cache_aware_router::Tree;
+use cache_aware_router::{BasicWorkerBuilder, Tree, Worker};
+use std::sync::Arc;
+
+/// `n` healthy workers of the default model, at `http://w{i}:8000`.
+pub(crate) fn fleet(n: usize) -> Vec<Arc<dyn Worker>> {
+    (0..n)
+        .map(|i| Arc::new(BasicWorkerBuilder::new(format!("http://w{i}:8000")).build()) as _)
+        .collect()
+}
 
 /// The accounting invariant at rest: the counters equal a walk of the nodes, and the tree-wide
 /// total equals the sum over tenants.
