@@ -47,6 +47,11 @@ pub(crate) const LINEAR_CHILD_SCAN: usize = 8;
 /// budget in one pass (a node it picked was replaced under it).
 pub(crate) const EVICTION_PASSES: usize = 4;
 
+/// Fewest eviction candidates sorted at once (see `maintain::LruQueue`). A pass usually takes a
+/// few hundred; batches grow from a little above what the previous pass took, and 64 keeps a
+/// pass on a small tree from sorting a handful at a time.
+pub(crate) const MIN_LRU_BATCH: usize = 64;
+
 /// An eviction pass trims a tree over its budget to `budget - budget / 4`. A pass walks the
 /// whole tree, whatever it frees, so freeing a quarter of the budget per pass amortises the walk:
 /// with `budget / 16` the evictor made 2.5x as many passes for the same freed chars on the

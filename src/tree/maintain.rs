@@ -11,12 +11,12 @@ use super::children;
 use super::node::{finish_replace, Intent, Node};
 use super::tenants::{self, Detach};
 use super::Engine;
-use crate::constants::EVICTION_PASSES;
+use crate::clock::MAX_TICK;
+use crate::constants::{EVICTION_PASSES, MIN_LRU_BATCH};
 use crate::sync::Ordering;
 use crate::tenant::TenantId;
 use crossbeam_epoch::{self as epoch, Guard, Shared};
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 
 /// What an eviction did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -40,23 +40,110 @@ struct Seen {
 
 /// The buffers an eviction pass works in, all of which grow with the tree. The evictor thread
 /// keeps one for its whole life, so in steady state a pass allocates none of them again (what
-/// it still allocates is small: the tenant id list, and the child arrays that unlinking
-/// rebuilds). Under an insert-heavy load passes run hundreds of times a second, and each used
+/// it still allocates is the child arrays that unlinking rebuilds). Under an insert-heavy load passes run hundreds of times a second, and each used
 /// to regrow and free buffers of a few hundred KiB.
 #[derive(Default)]
 pub(crate) struct EvictionScratch {
     seen: Vec<Seen>,
     stack: Vec<(*const Node, Option<usize>)>,
-    lru: LruScratch,
+    queue: LruQueue,
 }
 
-/// What `evict_lru` works in.
+/// A (tenant, node) pair that may be evicted, packed so that ascending order is eviction order:
+/// oldest tick first and, among equal ticks, the walk's nodes in post-order (every node after
+/// its descendants, subtrees in walk order). An ancestor's tick is never older than a
+/// descendant's (every refresh and attach runs down the whole path with one tick), so popping
+/// in this order meets a node's tenant only after every child's. (A refresh that loses a CAS is
+/// dropped, which can leave an ancestor older than a child; the ancestor is then skipped while
+/// the child holds the tenant, and the next pass finds it.)
+///
+/// Post-order is (last walk index in the node's subtree, walk index descending), which the
+/// queue fills in once the walk is complete. Bits: tick (48) | subtree end (32) | inverted walk
+/// index (32) | tenant index (16). Walk indexes fit 32 bits: 2^32 nodes would take 400 GiB.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Candidate(u128);
+
+impl Candidate {
+    fn new(tick: u64, index: usize, id: TenantId) -> Self {
+        let inverted = !(index as u32);
+        Self(((tick & MAX_TICK) as u128) << 80 | (inverted as u128) << 16 | id.index() as u128)
+    }
+
+    fn with_subtree_end(self, end: u32) -> Self {
+        Self(self.0 | (end as u128) << 48)
+    }
+
+    fn index(self) -> usize {
+        !((self.0 >> 16) as u32) as usize
+    }
+
+    fn tenant(self) -> TenantId {
+        TenantId::from_index((self.0 & 0xFFFF) as usize)
+    }
+}
+
+/// Candidates handed out in ascending order, sorting only as far as they are taken: a pass
+/// takes the oldest few hundred of a tree's thousands, so the queue selects the oldest batch
+/// (linear), sorts only it, and selects a twice larger batch from the rest when it runs out.
+/// The first batch is a little more than the last pass took, and never less than an eighth of
+/// the candidates (a fresh queue has no last pass).
 #[derive(Default)]
-struct LruScratch {
-    member: Vec<bool>,
-    /// The tenants holding some child of the node being looked at.
-    held_below: Vec<TenantId>,
-    heap: BinaryHeap<Reverse<(u64, usize, TenantId)>>,
+struct LruQueue {
+    items: Vec<Candidate>,
+    /// Per walk index, the last walk index in that node's subtree.
+    subtree_end: Vec<u32>,
+    /// `items[..sorted]` is sorted and no greater than anything after it.
+    sorted: usize,
+    next: usize,
+    batch: usize,
+    /// How many the previous fill's consumer took.
+    last_taken: usize,
+}
+
+impl LruQueue {
+    fn refill(&mut self) -> &mut Vec<Candidate> {
+        self.last_taken = self.next;
+        self.items.clear();
+        self.sorted = 0;
+        self.next = 0;
+        self.batch = (self.last_taken + self.last_taken / 4).max(MIN_LRU_BATCH);
+        &mut self.items
+    }
+
+    /// Completes the keys of the queued candidates of `walk` (their subtree ends).
+    fn seal(&mut self, walk: &Walk<'_, '_>) {
+        let end = &mut self.subtree_end;
+        end.clear();
+        end.extend((0..walk.len()).map(|i| i as u32));
+        // Children come after their parents in a walk: by the time `i` is reached going
+        // backwards, its own end is final.
+        for i in (0..walk.len()).rev() {
+            if let Some(p) = walk.seen[i].parent {
+                end[p] = end[p].max(end[i]);
+            }
+        }
+        for c in &mut self.items {
+            *c = c.with_subtree_end(end[c.index()]);
+        }
+    }
+
+    fn pop(&mut self) -> Option<Candidate> {
+        if self.next == self.sorted {
+            let rest = &mut self.items[self.sorted..];
+            if rest.is_empty() {
+                return None;
+            }
+            let k = self.batch.max(rest.len() / 8).min(rest.len());
+            if k < rest.len() {
+                rest.select_nth_unstable(k);
+            }
+            rest[..k].sort_unstable();
+            self.sorted += k;
+            self.batch *= 2;
+        }
+        self.next += 1;
+        Some(self.items[self.next - 1])
+    }
 }
 
 /// Every non-root node of a tree, seen under `guard`: only `Engine::walk` builds one, so each
@@ -80,10 +167,6 @@ impl<'g> Walk<'_, 'g> {
         Shared::from(self.seen[i].node)
     }
 
-    fn parent_index(&self, i: usize) -> Option<usize> {
-        self.seen[i].parent
-    }
-
     fn parent_of(&self, i: usize) -> &'g Node {
         match self.seen[i].parent {
             Some(p) => self.node(p),
@@ -103,23 +186,13 @@ impl<'g> Walk<'_, 'g> {
         if !childless || tenants::has_live(&n.slots) || !n.claim(Intent::Remove) {
             return false;
         }
-        // The replacement re-checks emptiness on the frozen snapshot; whatever it decided, the
-        // node is out of its parent once this returns `Ok`, unless the parent itself froze.
-        let _ = finish_replace(self.parent_of(i), self.shared(i), self.guard);
-        !self.is_present(i)
-    }
-
-    /// Whether node `i` is still in its parent's child array.
-    fn is_present(&self, i: usize) -> bool {
-        let array = self
-            .parent_of(i)
-            .children
-            .load(Ordering::Acquire, self.guard)
-            .with_tag(0);
-        // SAFETY: loaded under `self.guard`.
-        unsafe { children::entries(array, self.guard) }
-            .iter()
-            .any(|c| c.node == self.seen[i].node)
+        // The replacement re-checks emptiness on the frozen snapshot and says what it decided.
+        // If the parent itself froze, the node stays claimed, and whoever replaces the parent
+        // helps it finish (or the next pass does).
+        matches!(
+            finish_replace(self.parent_of(i), self.shared(i), self.guard),
+            Ok(true)
+        )
     }
 }
 
@@ -134,12 +207,15 @@ impl Engine {
     }
 
     /// Every non-root node, parents before children, children in first-char order, into
-    /// `seen` (cleared first; `stack` is working space).
+    /// `seen` (cleared first; `stack` is working space), calling `visit` with each node and its
+    /// index as it is reached: what a caller reads of a node costs least then, with its cache
+    /// lines just fetched.
     fn walk<'s, 'g>(
         &'g self,
         seen: &'s mut Vec<Seen>,
         stack: &mut Vec<(*const Node, Option<usize>)>,
         guard: &'g Guard,
+        mut visit: impl FnMut(usize, &'g Node),
     ) -> Walk<'s, 'g> {
         seen.clear();
         for root in self.roots.iter() {
@@ -150,7 +226,9 @@ impl Engine {
                 let index = seen.len();
                 seen.push(Seen { node, parent, root });
                 // SAFETY: loaded under `guard` from a child array.
-                push_children(unsafe { &*node }, Some(index), stack, guard);
+                let node = unsafe { &*node };
+                visit(index, node);
+                push_children(node, Some(index), stack, guard);
             }
         }
         Walk { seen, guard }
@@ -169,11 +247,15 @@ impl Engine {
                 break;
             }
             let guard = epoch::pin();
-            let EvictionScratch { seen, stack, lru } = &mut scratch;
-            let walk = self.walk(seen, stack, &guard);
+            let EvictionScratch { seen, stack, queue } = &mut scratch;
+            let walk = self.walk(seen, stack, &guard, |_, _| {});
             for id in over {
+                let items = queue.refill();
+                for i in 0..walk.len() {
+                    push_candidates(items, i, walk.node(i), Some(id));
+                }
                 let done = || self.registry.chars(id) <= max_chars;
-                self.evict_lru(&[id], done, &walk, lru, &mut stats);
+                self.evict_lru(done, &walk, queue, &mut stats);
             }
         }
         stats
@@ -191,69 +273,42 @@ impl Engine {
             if self.total_chars() <= max_total {
                 break;
             }
-            let ids: Vec<TenantId> = self.registry.ids().collect();
             let guard = epoch::pin();
-            let EvictionScratch { seen, stack, lru } = &mut *scratch;
-            let walk = self.walk(seen, stack, &guard);
+            let EvictionScratch { seen, stack, queue } = &mut *scratch;
+            let items = queue.refill();
+            let walk = self.walk(seen, stack, &guard, |i, n| {
+                push_candidates(items, i, n, None)
+            });
             let done = || self.total_chars() <= max_total;
-            self.evict_lru(&ids, done, &walk, lru, &mut stats);
+            self.evict_lru(done, &walk, queue, &mut stats);
         }
         stats
     }
 
-    /// Pops (tenant, leaf) pairs of `ids` in least-recently-used order, detaching each, until
-    /// `done()`. A node is a leaf for a tenant when the tenant holds it and no child does; when a
-    /// detach leaves the parent such a leaf, the parent joins the queue.
+    /// Detaches tenants from their least recently used leaves, one at a time, until `done()`,
+    /// taking (tenant, node) pairs of `walk` from `queue`. A node is a leaf for a tenant when
+    /// the tenant holds it and no child does. `Candidate` order reaches a node only after its
+    /// children, so a parent that the detaches below it left a leaf is evicted in its turn,
+    /// without being queued again.
     fn evict_lru(
         &self,
-        ids: &[TenantId],
         done: impl Fn() -> bool,
         walk: &Walk<'_, '_>,
-        scratch: &mut LruScratch,
+        queue: &mut LruQueue,
         stats: &mut EvictionStats,
     ) {
-        let LruScratch {
-            member,
-            held_below,
-            heap,
-        } = scratch;
-        // Membership by index: one lookup per slot, whatever the number of tenants.
-        member.clear();
-        member.resize(
-            ids.iter().map(|id| id.index() + 1).max().unwrap_or(0),
-            false,
-        );
-        for id in ids {
-            member[id.index()] = true;
-        }
-        let wanted = |id: TenantId| member.get(id.index()).copied().unwrap_or(false);
-        // A node is a leaf for a tenant when none of its children holds it. Most nodes have no
-        // children; for the rest, their children's tenants are gathered once and searched.
-        // Heapified once, in place.
-        let mut leaves = std::mem::take(heap).into_vec();
-        leaves.clear();
-        for i in 0..walk.len() {
-            let n = walk.node(i);
-            held_below.clear();
-            let array = n.children.load(Ordering::Acquire, walk.guard).with_tag(0);
-            // SAFETY: loaded under the walk's guard; nodes in it stay allocated while it is held.
-            for c in unsafe { children::entries(array, walk.guard) } {
-                // SAFETY: as above.
-                held_below.extend(tenants::live(unsafe { &(*c.node).slots }).map(|(id, _)| id));
-            }
-            held_below.sort_unstable();
-            for (id, tick) in tenants::live(&n.slots) {
-                if wanted(id) && held_below.binary_search(&id).is_err() {
-                    leaves.push(Reverse((tick, i, id)));
-                }
-            }
-        }
-        *heap = BinaryHeap::from(leaves);
+        queue.seal(walk);
         while !done() {
-            let Some(Reverse((_, i, id))) = heap.pop() else {
+            let Some(c) = queue.pop() else {
                 break;
             };
+            let (i, id) = (c.index(), c.tenant());
             let n = walk.node(i);
+            // Not a leaf for `id` while a child holds it: a child whose detach failed (it is
+            // being split), or one refreshed after the walk. Either way the node stays.
+            if any_child_holds(n, id, walk.guard) {
+                continue;
+            }
             if tenants::detach(&n.slots, id) != Detach::Detached {
                 continue;
             }
@@ -263,14 +318,6 @@ impl Engine {
             if walk.unlink_if_empty(i) {
                 stats.nodes_removed += 1;
             }
-            if let Some(p) = walk.parent_index(i) {
-                let parent = walk.node(p);
-                if let Some(tick) = tenants::tick(&parent.slots, id) {
-                    if !any_child_holds(parent, id, walk.guard) {
-                        heap.push(Reverse((tick, p, id)));
-                    }
-                }
-            }
         }
     }
 
@@ -279,7 +326,7 @@ impl Engine {
         self.registry.set_live(id, false);
         let guard = epoch::pin();
         let (mut seen, mut stack) = (Vec::new(), Vec::new());
-        let walk = self.walk(&mut seen, &mut stack, &guard);
+        let walk = self.walk(&mut seen, &mut stack, &guard, |_, _| {});
         // Children before parents, so a parent emptied by the removal is already a leaf.
         for i in (0..walk.len()).rev() {
             let n = walk.node(i);
@@ -300,7 +347,7 @@ impl Engine {
             .map(|id| (id, 0))
             .collect();
         let (mut seen, mut stack) = (Vec::new(), Vec::new());
-        let walk = self.walk(&mut seen, &mut stack, &guard);
+        let walk = self.walk(&mut seen, &mut stack, &guard, |_, _| {});
         for i in 0..walk.len() {
             let n = walk.node(i);
             for (id, _) in tenants::live(&n.slots) {
@@ -329,6 +376,15 @@ impl Engine {
             let array = root.children.swap(Shared::null(), Ordering::Relaxed, guard);
             // SAFETY: unlinked from its root just now, and reachable from nowhere else.
             unsafe { free_subtree(array.with_tag(0), guard) };
+        }
+    }
+}
+
+/// Queues `node`'s pairs (only `only`'s, if given) as eviction candidates.
+fn push_candidates(items: &mut Vec<Candidate>, index: usize, node: &Node, only: Option<TenantId>) {
+    for (id, tick) in tenants::live(&node.slots) {
+        if only.is_none_or(|o| o == id) {
+            items.push(Candidate::new(tick, index, id));
         }
     }
 }
