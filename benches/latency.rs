@@ -1,6 +1,11 @@
 //! Latency percentiles of single routing decisions at 2 threads on `mooncake`, ours vs the
 //! seed's design: first with no eviction, then while eviction runs passes that really remove
-//! nodes (a budget of a quarter of the workload). Every figure is also given as a multiple of
+//! nodes (a budget of a quarter of the workload). Ours is measured three ways: replays into one
+//! router (after the first, a router without a budget only has hits, one with a budget keeps
+//! inserting, so the pair compares different work), cold replays (a fresh router per replay:
+//! both insert every prompt), and cold replays on one routing thread (the evictor has a core
+//! to itself), which separates what eviction costs a request from what a third busy thread
+//! on two saturated cores costs. Every figure is also given as a multiple of
 //! the floor of the median request (comparing it with an equal copy). On Linux it also counts
 //! how often the routing threads slept (voluntary context switches: lock waits, which lock-free
 //! code should not have, but glibc's malloc arenas do) and how much CPU the evictor took. The
@@ -8,7 +13,8 @@
 //! itself adds to a tail.
 //!
 //! `cargo bench --bench latency` (env: `BENCH_BLOCK` block chars, default 256; `BENCH_PASSES`
-//! replays per scenario, default 3).
+//! replays per scenario, default 3; `BENCH_OURS_PASSES` for our scenarios, default 10, since
+//! ours replay in milliseconds where the baseline takes seconds).
 #![allow(missing_docs)]
 
 mod baseline;
@@ -49,34 +55,70 @@ fn evictor_cpu_ms() -> Option<f64> {
 /// What one scenario measured.
 struct Run {
     latency: Histogram<u64>,
-    /// Voluntary sleeps of the two routing threads, together.
+    /// Voluntary sleeps of the routing threads, together.
     sleeps: u64,
     wall: Duration,
 }
 
-/// Replays `texts` `passes` times through `router` on 2 threads, recording each decision's
-/// latency in ns.
-fn record(router: &dyn Router, texts: &[String], passes: usize) -> Run {
-    record_each(texts.len(), passes, |i| {
+/// Replays `texts` `passes` times through `router` on `threads` threads, recording each
+/// decision's latency in ns.
+fn record(router: &dyn Router, texts: &[String], passes: usize, threads: usize) -> Run {
+    record_each(texts.len(), passes, threads, |i| {
         std::hint::black_box(router.route(&texts[i]));
     })
 }
 
-/// Runs `each(i)` for every request index `passes` times over, on 2 threads (even indexes on
-/// one, odd on the other), timing each call in ns.
-fn record_each(len: usize, passes: usize, each: impl Fn(usize) + Sync) -> Run {
+/// Eviction work a cold run's routers did, summed.
+#[derive(Default)]
+struct Evicted {
+    passes: usize,
+    nodes: usize,
+}
+
+/// Replays `texts` `passes` times, each through a fresh router from `make` (built and dropped
+/// outside the timing), on `threads` threads.
+fn record_cold(
+    make: impl Fn() -> Ours,
+    texts: &[String],
+    passes: usize,
+    threads: usize,
+) -> (Run, Evicted) {
+    let mut total: Option<Run> = None;
+    let mut evicted = Evicted::default();
+    for _ in 0..passes {
+        let router = make();
+        let run = record(&router, texts, 1, threads);
+        let m = router.policy.metrics();
+        evicted.passes += m.eviction_passes;
+        evicted.nodes += m.evicted_nodes;
+        drop(router);
+        match &mut total {
+            None => total = Some(run),
+            Some(t) => {
+                t.latency.add(&run.latency).unwrap();
+                t.sleeps += run.sleeps;
+                t.wall += run.wall;
+            }
+        }
+    }
+    (total.expect("at least one replay"), evicted)
+}
+
+/// Runs `each(i)` for every request index `passes` times over, on `threads` threads (thread `t`
+/// takes indexes `t`, `t + threads`, ...), timing each call in ns.
+fn record_each(len: usize, passes: usize, threads: usize, each: impl Fn(usize) + Sync) -> Run {
     let mut latency = Histogram::<u64>::new(3).unwrap();
     let mut sleeps = 0;
     let start = Instant::now();
     std::thread::scope(|s| {
         let each = &each;
-        let handles: Vec<_> = (0..2)
+        let handles: Vec<_> = (0..threads)
             .map(|t| {
                 s.spawn(move || {
                     let mut h = Histogram::<u64>::new(3).unwrap();
                     let before = voluntary_switches();
                     for _ in 0..passes {
-                        for i in (t..len).step_by(2) {
+                        for i in (t..len).step_by(threads) {
                             let start = Instant::now();
                             each(i);
                             h.record(start.elapsed().as_nanos() as u64).unwrap();
@@ -134,6 +176,7 @@ fn main() {
     // `cargo bench` passes `--bench`; criterion-style filters are not supported here.
     let block = env("BENCH_BLOCK", 256);
     let passes = env("BENCH_PASSES", 3);
+    let ours_passes = env("BENCH_OURS_PASSES", 10);
     let (texts, blocks, source) = mooncake(block);
     let distinct_chars = blocks * block;
     let budget = distinct_chars / 4;
@@ -143,7 +186,7 @@ fn main() {
         texts.len()
     );
     println!(
-        "floor of the median request: {floor:.0} ns; 2 threads, {passes} replays per scenario"
+        "floor of the median request: {floor:.0} ns; 2 threads unless marked 1t; {ours_passes} replays per scenario of ours and the floor, {passes} of the baseline"
     );
     println!("eviction scenario budget: {budget} chars (a quarter of the {distinct_chars} distinct chars)\n");
     println!("| scenario                   | p50 (us)  | p99 (us)  | p99.9 (us)| max (us)  | p50/fl  | p99.9/fl | sleeps |");
@@ -153,7 +196,7 @@ fn main() {
     // loop that only reads each prompt once (its interrupts, preemptions and page faults, and
     // the two clock reads around each request).
     let copies = texts.clone();
-    let floor_run = record_each(texts.len(), passes, |i| {
+    let floor_run = record_each(texts.len(), ours_passes, 2, |i| {
         std::hint::black_box(
             std::hint::black_box(texts[i].as_bytes()) == std::hint::black_box(copies[i].as_bytes()),
         );
@@ -161,35 +204,46 @@ fn main() {
     row("floor (each request)", &floor_run, floor);
 
     let ours = Ours::new(8, 0, 1 << 40);
-    let ours_plain = record(&ours, &texts, passes);
+    let ours_plain = record(&ours, &texts, ours_passes, 2);
     row("ours, no eviction", &ours_plain, floor);
     drop(ours);
 
     // Evictor thread on: a tick every second plus early wakes whenever a tree crosses the
     // budget, which this workload does continually.
     let ours = Ours::new(8, 1, budget);
-    let ours_evict = record(&ours, &texts, passes);
+    let ours_evict = record(&ours, &texts, ours_passes, 2);
     let m = ours.policy.metrics();
     let evictor_ms = evictor_cpu_ms();
     row("ours, evicting", &ours_evict, floor);
     drop(ours);
 
+    let unbounded = || Ours::new(8, 0, 1 << 40);
+    let bounded = || Ours::new(8, 1, budget);
+    let (cold_plain, _) = record_cold(unbounded, &texts, ours_passes, 2);
+    row("ours cold, no eviction", &cold_plain, floor);
+    let (cold_evict, cold_evicted) = record_cold(bounded, &texts, ours_passes, 2);
+    row("ours cold, evicting", &cold_evict, floor);
+    let (cold_plain_1t, _) = record_cold(unbounded, &texts, ours_passes, 1);
+    row("ours cold 1t, no eviction", &cold_plain_1t, floor);
+    let (cold_evict_1t, _) = record_cold(bounded, &texts, ours_passes, 1);
+    row("ours cold 1t, evicting", &cold_evict_1t, floor);
+
     let base = Base::new(8, None, usize::MAX);
-    let base_plain = record(&base, &texts, passes);
+    let base_plain = record(&base, &texts, passes, 2);
     row("baseline, no eviction", &base_plain, floor);
     drop(base);
 
     // The seed's eviction thread: a pass (holding the global mutex) every 20 ms, per-tenant
     // budget of budget / 8 workers.
     let base = Base::new(8, Some(Duration::from_millis(20)), budget / 8);
-    let base_evict = record(&base, &texts, passes);
+    let base_evict = record(&base, &texts, passes, 2);
     row("baseline, evicting", &base_evict, floor);
     // The seed's thread cannot be stopped; it is leaked with the policy's trees.
     std::mem::forget(base);
 
     println!(
-        "\nours, evicting: {} passes removed {} nodes ({} chars);",
-        m.eviction_passes, m.evicted_nodes, m.evicted_chars
+        "\nours, evicting: {} passes removed {} nodes ({} chars); ours cold, evicting: {} passes removed {} nodes;",
+        m.eviction_passes, m.evicted_nodes, m.evicted_chars, cold_evicted.passes, cold_evicted.nodes
     );
     if let Some(ms) = evictor_ms {
         println!(
@@ -198,15 +252,21 @@ fn main() {
             ms / (ours_evict.wall.as_secs_f64() * 1e3 * 2.0) * 100.0
         );
     }
-    println!(
-        "sleeps: voluntary context switches of the 2 routing threads (lock waits; Linux only);"
-    );
+    println!("sleeps: voluntary context switches of the routing threads (lock waits; Linux only);");
     let ratio = |a: &Run, b: &Run, p: f64| {
         a.latency.value_at_quantile(p) as f64 / b.latency.value_at_quantile(p) as f64
     };
     println!(
-        "ours p99.9 evicting / not evicting: {:.2}x; ours p99.9 / floor p99.9 (no eviction): {:.1}x; baseline p99.9 / ours p99.9 (evicting): {:.0}x; p50: {:.0}x",
+        "ours p99.9 evicting / not evicting: {:.2}x replaying into one router, {:.2}x cold, {:.2}x cold on 1 thread (p99: {:.2}x, {:.2}x, {:.2}x)",
         ratio(&ours_evict, &ours_plain, 0.999),
+        ratio(&cold_evict, &cold_plain, 0.999),
+        ratio(&cold_evict_1t, &cold_plain_1t, 0.999),
+        ratio(&ours_evict, &ours_plain, 0.99),
+        ratio(&cold_evict, &cold_plain, 0.99),
+        ratio(&cold_evict_1t, &cold_plain_1t, 0.99),
+    );
+    println!(
+        "ours p99.9 / floor p99.9 (no eviction): {:.1}x; baseline p99.9 / ours p99.9 (evicting): {:.0}x; p50: {:.0}x",
         ratio(&ours_plain, &floor_run, 0.999),
         ratio(&base_evict, &ours_evict, 0.999),
         ratio(&base_evict, &ours_evict, 0.5),
