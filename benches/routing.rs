@@ -12,21 +12,18 @@ mod baseline;
 mod support;
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::{
-    env, mooncake, parallel_floor, replay, replay_slice, shared_prefix, Base, Ours, Router,
+    env, mooncake, parallel_floor, replay, replay_slice, shared_prefix, timed, timed_threads, Base,
+    Ours, Router,
 };
 
 /// One replay of `texts` split round-robin over one thread per router, each thread routing
 /// its share through its own router; returns the wall time.
 fn replay_own(routers: &[Ours], texts: &[String]) -> Duration {
-    let start = Instant::now();
-    std::thread::scope(|s| {
-        for (t, router) in routers.iter().enumerate() {
-            s.spawn(move || replay_slice(router, texts, t, routers.len()));
-        }
-    });
-    start.elapsed()
+    timed_threads(routers.len(), |t| {
+        timed(|| replay_slice(&routers[t], texts, t, routers.len()))
+    })
 }
 
 fn bench_workload(c: &mut Criterion, name: &str, texts: &[String]) {

@@ -14,8 +14,8 @@ mod support;
 
 use cache_aware_router::Tree;
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use std::time::{Duration, Instant};
-use support::{shared_prefix, Rng};
+use std::time::Duration;
+use support::{shared_prefix, timed, timed_threads, Rng};
 
 /// The bare tree operations both engines offer.
 trait BareTree: Sync {
@@ -62,24 +62,23 @@ fn mixed(
     threads: u64,
     match_pct: u64,
 ) -> Duration {
-    let start = Instant::now();
-    std::thread::scope(|s| {
-        for t in 0..threads {
-            s.spawn(move || {
-                let mut rng = Rng::new(t + 1);
-                for _ in 0..ops / threads {
-                    let r = rng.next();
-                    let text = &texts[(r >> 8) as usize % texts.len()];
-                    if r % 100 < match_pct {
-                        black_box(tree.matches(text));
-                    } else {
-                        tree.insert(text, (r >> 40) as usize % 8);
-                    }
-                }
-            });
+    timed_threads(threads as usize, |t| {
+        timed(|| mixed_share(tree, texts, ops / threads, t as u64, match_pct))
+    })
+}
+
+/// One thread's `ops` operations of [`mixed`], seeded by its index.
+fn mixed_share(tree: &dyn BareTree, texts: &[String], ops: u64, t: u64, match_pct: u64) {
+    let mut rng = Rng::new(t + 1);
+    for _ in 0..ops {
+        let r = rng.next();
+        let text = &texts[(r >> 8) as usize % texts.len()];
+        if r % 100 < match_pct {
+            black_box(tree.matches(text));
+        } else {
+            tree.insert(text, (r >> 40) as usize % 8);
         }
-    });
-    start.elapsed()
+    }
 }
 
 fn bare_tree_mixes(c: &mut Criterion) {
