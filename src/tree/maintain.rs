@@ -60,7 +60,7 @@ pub(crate) struct EvictionScratch {
 /// Post-order is (last walk index in the node's subtree, walk index descending), which the
 /// queue fills in once the walk is complete. Bits: tick (48) | subtree end (32) | inverted walk
 /// index (32) | tenant index (16). Walk indexes fit 32 bits: 2^32 nodes would take 400 GiB.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Candidate(u128);
 
 impl Candidate {
@@ -428,5 +428,49 @@ unsafe fn free_subtree(array: Shared<'_, children::ChildArray>, guard: &Guard) {
             drop(child.into_owned());
         }
         drop(array.into_owned());
+    }
+}
+
+#[cfg(all(test, not(router_loom)))]
+mod tests {
+    use super::*;
+
+    fn id(i: usize) -> TenantId {
+        TenantId::from_index(i)
+    }
+
+    #[test]
+    fn candidates_order_by_tick_then_post_order() {
+        // Walk (pre-order): 0 = a, 1 = a's child b, 2 = b's child c, 3 = d (a sibling of a).
+        // Post-order: c, b, a, d. Subtree ends: a 2, b 2, c 2, d 3.
+        let key = |tick, index, end: u32| Candidate::new(tick, index, id(0)).with_subtree_end(end);
+        let (a, b, c, d) = (key(5, 0, 2), key(5, 1, 2), key(5, 2, 2), key(5, 3, 3));
+        let mut tied = [d, a, c, b];
+        tied.sort_unstable();
+        assert_eq!(tied, [c, b, a, d], "equal ticks go in post-order");
+        assert!(key(4, 0, 2) < c, "an older tick goes first, wherever it is");
+        let packed = Candidate::new(MAX_TICK, 123_456, id(16_383)).with_subtree_end(u32::MAX);
+        assert_eq!((packed.index(), packed.tenant()), (123_456, id(16_383)));
+    }
+
+    #[test]
+    fn queue_hands_out_every_candidate_in_order_across_batches() {
+        let mut queue = LruQueue::default();
+        let mut x = 7u64;
+        let mut all = Vec::new();
+        // A fresh queue, then one whose previous fill was mostly taken, then a small one.
+        for (len, take) in [(1000, 1000), (1000, 100), (10, 10)] {
+            let items = queue.refill();
+            for i in 0..len {
+                x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                items.push(Candidate::new(x >> 54, i, id((x >> 20) as usize % 64)));
+            }
+            all.clear();
+            all.extend_from_slice(&queue.items);
+            all.sort_unstable();
+            let taken: Vec<Candidate> = (0..take).map_while(|_| queue.pop()).collect();
+            assert_eq!(taken, all[..take], "the first {take} of {len}, in order");
+        }
+        assert_eq!(queue.pop(), None, "an emptied queue stays empty");
     }
 }
