@@ -253,9 +253,10 @@ pub(crate) fn timed_threads(
     work: impl Fn(usize) -> Span + Sync,
 ) -> std::time::Duration {
     // Arrived threads spin, yielding (with more threads than cores the late ones must get to
-    // run), until all are there. Behind std's `Barrier` (a condvar) they left it far apart
-    // against replays of a millisecond: shared-prefix 2-thread scaling (mimalloc) read
-    // 1.24x-1.35x with it and 1.44x-1.74x spinning, in three alternating pairs.
+    // run), until all are there. Behind std's `Barrier` (a condvar) they could leave it far
+    // apart against replays of a millisecond: in three alternating pairs of allocator-bench
+    // runs, the shared-prefix floor's 2-thread scaling read 1.24x-1.69x with it and
+    // 1.84x-1.95x spinning. (Ours moved both ways in those pairs; see BENCHMARKS.md.)
     let arrived = std::sync::atomic::AtomicUsize::new(0);
     let spans: Vec<Span> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
