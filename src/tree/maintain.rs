@@ -40,8 +40,9 @@ struct Seen {
 
 /// The buffers an eviction pass works in, all of which grow with the tree. The evictor thread
 /// keeps one for its whole life, so in steady state a pass allocates none of them again (what
-/// it still allocates is the child arrays that unlinking rebuilds). Under an insert-heavy load passes run hundreds of times a second, and each used
-/// to regrow and free buffers of a few hundred KiB.
+/// it still allocates is the child arrays that unlinking rebuilds). Under an insert-heavy load
+/// passes run hundreds of times a second, and each used to regrow and free buffers of a few
+/// hundred KiB.
 #[derive(Default)]
 pub(crate) struct EvictionScratch {
     seen: Vec<Seen>,
@@ -187,8 +188,9 @@ impl<'g> Walk<'_, 'g> {
             return false;
         }
         // The replacement re-checks emptiness on the frozen snapshot and says what it decided.
-        // If the parent itself froze, the node stays claimed, and whoever replaces the parent
-        // helps it finish (or the next pass does).
+        // If the parent itself froze meanwhile, the node stays in the tree, claimed and empty,
+        // until an insert passing through it helps the unlink finish (`extend` helps frozen
+        // nodes); passes do not revisit nodes without tenants.
         matches!(
             finish_replace(self.parent_of(i), self.shared(i), self.guard),
             Ok(true)
@@ -304,8 +306,9 @@ impl Engine {
             };
             let (i, id) = (c.index(), c.tenant());
             let n = walk.node(i);
-            // Not a leaf for `id` while a child holds it: a child whose detach failed (it is
-            // being split), or one refreshed after the walk. Either way the node stays.
+            // Not a leaf for `id` while a child holds it: one whose detach failed (it is being
+            // replaced), one attached after the walk, or one the walk saw with a newer tick than
+            // this node's (a refresh that lost a race). Either way the node stays.
             if any_child_holds(n, id, walk.guard) {
                 continue;
             }
