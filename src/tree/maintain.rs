@@ -48,6 +48,10 @@ pub(crate) struct EvictionScratch {
     seen: Vec<Seen>,
     stack: Vec<(*const Node, Option<usize>)>,
     queue: LruQueue,
+    /// Walk indexes of empty leaves: nodes no candidate reaches, left by an unlink that could
+    /// not finish (its parent froze) or by a replacement that copied a node its tenants had
+    /// left.
+    empty: Vec<usize>,
 }
 
 /// A (tenant, node) pair that may be evicted, packed so that ascending order is eviction order:
@@ -179,22 +183,28 @@ impl<'g> Walk<'_, 'g> {
     /// Unlinks node `i` if it is an empty leaf. Returns whether it was unlinked.
     fn unlink_if_empty(&self, i: usize) -> bool {
         let n = self.node(i);
-        let childless = n
-            .children
-            .load(Ordering::Acquire, self.guard)
-            .with_tag(0)
-            .is_null();
-        if !childless || tenants::has_live(&n.slots) || !n.claim(Intent::Remove) {
+        if !is_empty_leaf(n, self.guard) {
             return false;
         }
-        // The replacement re-checks emptiness on the frozen snapshot and says what it decided.
-        // If the parent itself froze meanwhile, the node stays in the tree, claimed and empty,
-        // until an insert passing through it helps the unlink finish (`extend` helps frozen
-        // nodes); passes do not revisit nodes without tenants.
+        // Claim it, or help whatever intent holds it already (like an insert that meets a
+        // claimed node): an unlink left half-way because the parent froze under it, or an
+        // insert's split or compaction. The replacement re-checks emptiness on the frozen
+        // snapshot and says what it decided; if the parent froze meanwhile, the node stays
+        // claimed and a later pass's sweep (or an insert through it) finishes it.
+        n.claim(Intent::Remove);
         matches!(
             finish_replace(self.parent_of(i), self.shared(i), self.guard),
             Ok(true)
         )
+    }
+
+    /// Unlinks the empty leaves at `indexes` (the walk's nodes without tenants), counting them.
+    fn sweep(&self, indexes: &[usize], stats: &mut EvictionStats) {
+        for &i in indexes {
+            if self.unlink_if_empty(i) {
+                stats.nodes_removed += 1;
+            }
+        }
     }
 }
 
@@ -249,8 +259,19 @@ impl Engine {
                 break;
             }
             let guard = epoch::pin();
-            let EvictionScratch { seen, stack, queue } = &mut scratch;
-            let walk = self.walk(seen, stack, &guard, |_, _| {});
+            let EvictionScratch {
+                seen,
+                stack,
+                queue,
+                empty,
+            } = &mut scratch;
+            empty.clear();
+            let walk = self.walk(seen, stack, &guard, |i, n| {
+                if is_empty_leaf(n, &guard) {
+                    empty.push(i);
+                }
+            });
+            walk.sweep(empty, &mut stats);
             for id in over {
                 let items = queue.refill();
                 for i in 0..walk.len() {
@@ -276,11 +297,22 @@ impl Engine {
                 break;
             }
             let guard = epoch::pin();
-            let EvictionScratch { seen, stack, queue } = &mut *scratch;
+            let EvictionScratch {
+                seen,
+                stack,
+                queue,
+                empty,
+            } = &mut *scratch;
             let items = queue.refill();
+            empty.clear();
             let walk = self.walk(seen, stack, &guard, |i, n| {
-                push_candidates(items, i, n, None)
+                let before = items.len();
+                push_candidates(items, i, n, None);
+                if items.len() == before && is_empty_leaf(n, &guard) {
+                    empty.push(i);
+                }
             });
+            walk.sweep(empty, &mut stats);
             let done = || self.total_chars() <= max_total;
             self.evict_lru(done, &walk, queue, &mut stats);
         }
@@ -383,6 +415,15 @@ impl Engine {
     }
 }
 
+/// Whether `node` has no children and no live tenant.
+fn is_empty_leaf(node: &Node, guard: &Guard) -> bool {
+    node.children
+        .load(Ordering::Acquire, guard)
+        .with_tag(0)
+        .is_null()
+        && !tenants::has_live(&node.slots)
+}
+
 /// Queues `node`'s pairs (only `only`'s, if given) as eviction candidates.
 fn push_candidates(items: &mut Vec<Candidate>, index: usize, node: &Node, only: Option<TenantId>) {
     for (id, tick) in tenants::live(&node.slots) {
@@ -454,6 +495,37 @@ mod tests {
         assert!(key(4, 0, 2) < c, "an older tick goes first, wherever it is");
         let packed = Candidate::new(MAX_TICK, 123_456, id(16_383)).with_subtree_end(u32::MAX);
         assert_eq!((packed.index(), packed.tenant()), (123_456, id(16_383)));
+    }
+
+    #[test]
+    fn a_pass_finishes_an_unlink_left_half_way() {
+        let tree = crate::Tree::new();
+        tree.insert("abc", "t0");
+        tree.insert("xyz", "t1");
+        let engine = &tree.engine;
+        let t0 = tree.lookup_tenant("t0").unwrap();
+        {
+            // What an unlink leaves when the parent froze under it: detached and claimed.
+            let guard = epoch::pin();
+            let (mut seen, mut stack) = (Vec::new(), Vec::new());
+            let walk = engine.walk(&mut seen, &mut stack, &guard, |_, _| {});
+            let i = (0..walk.len())
+                .find(|&i| walk.node(i).label.as_str() == "abc")
+                .unwrap();
+            let n = walk.node(i);
+            assert_eq!(tenants::detach(&n.slots, t0), Detach::Detached);
+            engine.counted_detach(t0, n.chars);
+            assert!(n.claim(Intent::Remove));
+        }
+        assert_eq!(tree.match_counts("abc").matched_chars, 3, "still linked");
+        let stats = engine.evict_to_total(0, &mut EvictionScratch::default());
+        assert_eq!(
+            tree.match_counts("abc").matched_chars,
+            0,
+            "the pass unlinked it"
+        );
+        assert_eq!(stats.nodes_removed, 2, "the stranded node and t1's leaf");
+        assert_eq!(tree.total_chars(), 0);
     }
 
     #[test]
