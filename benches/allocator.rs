@@ -81,7 +81,7 @@ fn median(v: &mut [f64]) -> f64 {
 
 const THREADS: [usize; 4] = [1, 2, 4, 8];
 
-/// What one child measured: per workload, per thread count, ours and the floor, ms per replay.
+/// Per thread count, ours and the floor: ms per replay, from every child of one allocator.
 type Samples = Vec<[Vec<f64>; 2]>;
 
 const WORKLOADS: [&str; 2] = ["shared-prefix", "mooncake"];
@@ -97,12 +97,12 @@ fn main() {
 }
 
 /// Replays every workload `BENCH_CHILD_ROUNDS` rounds under one allocator, printing one line
-/// per replay: `workload threads ours_ms floor_ms`.
+/// per replay: `workload threads ours_ms floor_ms`. `BENCH_CHILD_SEED` orders the rounds.
 fn child(use_mimalloc: bool) {
     USE_MIMALLOC.store(use_mimalloc, Ordering::Relaxed);
     let rounds = support::env("BENCH_CHILD_ROUNDS", 5);
     let workloads = [shared_prefix(), mooncake(256).0];
-    let mut rng = support::Rng::new(7 + use_mimalloc as u64);
+    let mut rng = support::Rng::new(support::env("BENCH_CHILD_SEED", 7) as u64);
     for (name, texts) in WORKLOADS.iter().zip(&workloads) {
         let copies = texts.clone();
         for _ in 0..rounds {
@@ -142,6 +142,7 @@ fn parent() {
             .args(std::env::args().skip(1))
             .env(CHILD_ENV, if mi == 1 { "mimalloc" } else { "system" })
             .env("BENCH_CHILD_ROUNDS", per_child.to_string())
+            .env("BENCH_CHILD_SEED", (7 + turn).to_string())
             .output()
             .expect("the bench can start itself");
         assert!(
