@@ -48,6 +48,8 @@ pub(crate) struct EvictionScratch {
     seen: Vec<Seen>,
     stack: Vec<(*const Node, Option<usize>)>,
     queue: LruQueue,
+    /// Per walk index, the last walk index in that node's subtree (see `Candidate`).
+    ends: Vec<u32>,
     /// Walk indexes of empty leaves: nodes no candidate reaches, left by an unlink that could
     /// not finish (its parent froze) or by a replacement that copied a node its tenants had
     /// left.
@@ -95,8 +97,6 @@ impl Candidate {
 #[derive(Default)]
 struct LruQueue {
     items: Vec<Candidate>,
-    /// Per walk index, the last walk index in that node's subtree.
-    subtree_end: Vec<u32>,
     /// `items[..sorted]` is sorted and no greater than anything after it.
     sorted: usize,
     next: usize,
@@ -115,20 +115,10 @@ impl LruQueue {
         &mut self.items
     }
 
-    /// Completes the keys of the queued candidates of `walk` (their subtree ends).
-    fn seal(&mut self, walk: &Walk<'_, '_>) {
-        let end = &mut self.subtree_end;
-        end.clear();
-        end.extend((0..walk.len()).map(|i| i as u32));
-        // Children come after their parents in a walk: by the time `i` is reached going
-        // backwards, its own end is final.
-        for i in (0..walk.len()).rev() {
-            if let Some(p) = walk.seen[i].parent {
-                end[p] = end[p].max(end[i]);
-            }
-        }
+    /// Completes the keys of the queued candidates from their walk's subtree ends.
+    fn seal(&mut self, ends: &[u32]) {
         for c in &mut self.items {
-            *c = c.with_subtree_end(end[c.index()]);
+            *c = c.with_subtree_end(ends[c.index()]);
         }
     }
 
@@ -170,6 +160,19 @@ impl<'g> Walk<'_, 'g> {
 
     fn shared(&self, i: usize) -> Shared<'g, Node> {
         Shared::from(self.seen[i].node)
+    }
+
+    /// Into `ends`, per walk index, the last walk index in that node's subtree.
+    fn subtree_ends(&self, ends: &mut Vec<u32>) {
+        ends.clear();
+        ends.extend((0..self.len()).map(|i| i as u32));
+        // Children come after their parents in a walk: by the time `i` is reached going
+        // backwards, its own end is final.
+        for i in (0..self.len()).rev() {
+            if let Some(p) = self.seen[i].parent {
+                ends[p] = ends[p].max(ends[i]);
+            }
+        }
     }
 
     fn parent_of(&self, i: usize) -> &'g Node {
@@ -263,6 +266,7 @@ impl Engine {
                 seen,
                 stack,
                 queue,
+                ends,
                 empty,
             } = &mut scratch;
             empty.clear();
@@ -272,13 +276,14 @@ impl Engine {
                 }
             });
             walk.sweep(empty, &mut stats);
+            walk.subtree_ends(ends);
             for id in over {
                 let items = queue.refill();
                 for i in 0..walk.len() {
                     push_candidates(items, i, walk.node(i), Some(id));
                 }
                 let done = || self.registry.chars(id) <= max_chars;
-                self.evict_lru(done, &walk, queue, &mut stats);
+                self.evict_lru(done, &walk, ends, queue, &mut stats);
             }
         }
         stats
@@ -301,6 +306,7 @@ impl Engine {
                 seen,
                 stack,
                 queue,
+                ends,
                 empty,
             } = &mut *scratch;
             let items = queue.refill();
@@ -313,8 +319,9 @@ impl Engine {
                 }
             });
             walk.sweep(empty, &mut stats);
+            walk.subtree_ends(ends);
             let done = || self.total_chars() <= max_total;
-            self.evict_lru(done, &walk, queue, &mut stats);
+            self.evict_lru(done, &walk, ends, queue, &mut stats);
         }
         stats
     }
@@ -328,10 +335,11 @@ impl Engine {
         &self,
         done: impl Fn() -> bool,
         walk: &Walk<'_, '_>,
+        ends: &[u32],
         queue: &mut LruQueue,
         stats: &mut EvictionStats,
     ) {
-        queue.seal(walk);
+        queue.seal(ends);
         while !done() {
             let Some(c) = queue.pop() else {
                 break;

@@ -14,9 +14,9 @@
 //!    bytes and a lower node with the rest, the children and the tenants; for `COMPACT` a copy
 //!    with a fresh slot array; for `REMOVE` nothing, if the snapshot has no children and no
 //!    live tenant, and a copy otherwise (so an insert that extended the node in the meantime is
-//!    never lost). CAS `successor` from null; a thread that loses frees its own build. Nothing
-//!    is not published: every thread reads the same snapshot, so each decides it alike, and an
-//!    unlink, the evictor's most frequent replacement, saves one CAS.
+//!    never lost). CAS `successor` from null; a thread that loses frees its own build. An
+//!    unlink (a successor of nothing) is not published: every thread reads the same snapshot,
+//!    so each decides it alike, and the evictor's most frequent replacement saves one CAS.
 //! 4. **Swap it in.** CAS the parent's child array for one where the entry whose node *is* this
 //!    node (by identity, never by first char) points to the successor, or is gone. The thread
 //!    whose CAS succeeds retires the node and the old array. If the node is no longer in the
