@@ -16,7 +16,8 @@
 //! model-checks (loom's timed wait never times out, so models see stop and wake only).
 //!
 //! Routing never waits for the evictor: passes change the trees with the same lock-free
-//! operations requests use.
+//! operations requests use, and the evictor frees what its passes unlink itself, before and
+//! after each pass, once the epoch says no reader holds it (`tree/reclaim.rs`).
 
 use crate::sync::thread;
 use crate::tree::EvictionScratch;

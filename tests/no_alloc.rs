@@ -1,6 +1,7 @@
 //! Allocation behaviour, watched by a counting global allocator: the match path allocates
-//! nothing (`match_counts` and a cache-hit `match_and_insert`), and dropping a policy frees its
-//! trees in the dropping thread, not later inside some other request.
+//! nothing (`match_counts` and a cache-hit `match_and_insert`), dropping a policy frees its
+//! trees in the dropping thread, not later inside some other request, and what the evictor
+//! unlinks is freed by the evictor, not by the requests that run beside it.
 
 mod common;
 
@@ -14,7 +15,12 @@ struct Counting;
 thread_local! {
     static ALLOCS: Cell<usize> = const { Cell::new(0) };
     static FREED_BYTES: Cell<usize> = const { Cell::new(0) };
+    static FREED_LARGE_BYTES: Cell<usize> = const { Cell::new(0) };
 }
+
+/// Blocks at least this large count as large frees: labels of long prompts, not the small
+/// arrays and closures a request frees of its own.
+const LARGE: usize = 4096;
 
 // SAFETY: forwards to the system allocator; only counts calls on the current thread.
 unsafe impl GlobalAlloc for Counting {
@@ -25,6 +31,9 @@ unsafe impl GlobalAlloc for Counting {
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         let _ = FREED_BYTES.try_with(|c| c.set(c.get() + layout.size()));
+        if layout.size() >= LARGE {
+            let _ = FREED_LARGE_BYTES.try_with(|c| c.set(c.get() + layout.size()));
+        }
         // SAFETY: same contract as ours.
         unsafe { System.dealloc(ptr, layout) }
     }
@@ -43,6 +52,42 @@ fn bytes_freed_in(f: impl FnOnce()) -> usize {
     let before = FREED_BYTES.with(Cell::get);
     f();
     FREED_BYTES.with(Cell::get) - before
+}
+
+fn large_bytes_freed_in(f: impl FnOnce()) -> usize {
+    let before = FREED_LARGE_BYTES.with(Cell::get);
+    f();
+    FREED_LARGE_BYTES.with(Cell::get) - before
+}
+
+#[test]
+fn evicted_nodes_are_freed_by_the_evictor_not_by_requests() {
+    let policy = CacheAwarePolicy::with_config(CacheAwareConfig {
+        eviction_interval_secs: 1,
+        max_tree_size: 100_000,
+        ..CacheAwareConfig::default()
+    });
+    let workers = fleet(4);
+    policy.init_workers(&workers);
+    // Distinct 8 KB prompts, made (and later dropped) outside the measured loop: every label
+    // the tree stores is at least 8 KB, and nothing else this thread frees is that large.
+    let prompts: Vec<String> = (0..3000)
+        .map(|i| format!("{i:05} {}", "y".repeat(8 * 1024)))
+        .collect();
+    let freed_here = large_bytes_freed_in(|| {
+        for p in &prompts {
+            policy.select_worker(&workers, Some(p));
+        }
+    });
+    let evicted = policy.metrics().evicted_chars;
+    assert!(
+        evicted > 1_000_000,
+        "the evictor evicted only {evicted} chars"
+    );
+    assert!(
+        freed_here < evicted / 10,
+        "the routing thread freed {freed_here} bytes of large blocks; {evicted} chars were evicted"
+    );
 }
 
 #[test]

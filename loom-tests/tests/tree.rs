@@ -136,3 +136,25 @@ fn remove_tenant_racing_insert_keeps_accounting_exact() {
         assert_eq!(tree.prefix_match_tenant("ab", "t0"), "ab");
     });
 }
+
+/// Model 9: a match reads a node while an eviction pass unlinks it. The pass retires the node
+/// into its batch and defers the batch's hand-back (`tree/reclaim.rs`), so the node is freed
+/// only after the match unpins: the match sees the text whole or not at all, and the tree ends
+/// empty with exact counts.
+#[test]
+fn match_racing_an_eviction_that_unlinks_its_node() {
+    loom::model(|| {
+        let tree = tree();
+        tree.insert("abc", "t0");
+        let a = {
+            let tree = tree.clone();
+            thread::spawn(move || tree.match_counts("abc").matched_chars)
+        };
+        let stats = tree.evict_to_total(0);
+        let seen = a.join().unwrap();
+        assert!(seen == 3 || seen == 0, "torn match: {seen} chars");
+        assert_eq!(stats.nodes_removed, 1);
+        assert_eq!(tree.total_chars(), 0);
+        assert_accounting(&tree);
+    });
+}

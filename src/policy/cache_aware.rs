@@ -387,6 +387,9 @@ impl Shared {
         let budget = self.config.max_tree_size;
         let target = budget - budget / crate::constants::EVICTION_HEADROOM_DIVISOR;
         let mut total = EvictionStats::default();
+        // What earlier passes unlinked is freed here, in the evictor, before and after this
+        // one (see `tree/reclaim.rs`), never by a request.
+        scratch.free_unlinked();
         for m in models {
             m.wake_pending.store(false, Ordering::Relaxed);
             if m.tree.total_chars() > budget {
@@ -396,6 +399,7 @@ impl Shared {
                 total.nodes_removed += s.nodes_removed;
             }
         }
+        scratch.free_unlinked();
         self.record(total);
         total
     }

@@ -6,9 +6,12 @@
 //! an insert): its slots are then frozen, the detach reports `Frozen`, and the node is skipped
 //! for this pass; the next pass sees its successor. Unlinking re-checks, on the frozen snapshot,
 //! that the node has no children and no tenant, so a node an insert just extended is never lost.
+//! What a pass unlinks goes into its batch and is freed by the pass's owner after the grace
+//! period (`reclaim.rs`), not by whichever request collects the epoch's garbage next.
 
 use super::children;
-use super::node::{finish_replace, Intent, Node};
+use super::node::{finish_replace, Intent, Node, Retire};
+use super::reclaim::{Reclaimer, Unlinked};
 use super::tenants::{self, Detach};
 use super::Engine;
 use crate::clock::MAX_TICK;
@@ -54,6 +57,16 @@ pub(crate) struct EvictionScratch {
     /// not finish (its parent froze) or by a replacement that copied a node its tenants had
     /// left.
     empty: Vec<usize>,
+    /// What the current pass unlinked, handed off to `reclaimer` at its end.
+    unlinked: Unlinked,
+    reclaimer: Reclaimer,
+}
+
+impl EvictionScratch {
+    /// Frees what earlier passes unlinked whose grace period has passed, in this thread.
+    pub(crate) fn free_unlinked(&mut self) {
+        self.reclaimer.free_returned();
+    }
 }
 
 /// A (tenant, node) pair that may be evicted, packed so that ascending order is eviction order:
@@ -183,8 +196,9 @@ impl<'g> Walk<'_, 'g> {
         }
     }
 
-    /// Unlinks node `i` if it is an empty leaf. Returns whether it was unlinked.
-    fn unlink_if_empty(&self, i: usize) -> bool {
+    /// Unlinks node `i` if it is an empty leaf, retiring it to `retire`. Returns whether it was
+    /// unlinked.
+    fn unlink_if_empty(&self, i: usize, retire: Retire<'_>) -> bool {
         let n = self.node(i);
         if !is_empty_leaf(n, self.guard) {
             return false;
@@ -196,15 +210,15 @@ impl<'g> Walk<'_, 'g> {
         // claimed and a later pass's sweep (or an insert through it) finishes it.
         n.claim(Intent::Remove);
         matches!(
-            finish_replace(self.parent_of(i), self.shared(i), self.guard),
+            finish_replace(self.parent_of(i), self.shared(i), retire, self.guard),
             Ok(true)
         )
     }
 
     /// Unlinks the empty leaves at `indexes` (the walk's nodes without tenants), counting them.
-    fn sweep(&self, indexes: &[usize], stats: &mut EvictionStats) {
+    fn sweep(&self, indexes: &[usize], unlinked: &mut Unlinked, stats: &mut EvictionStats) {
         for &i in indexes {
-            if self.unlink_if_empty(i) {
+            if self.unlink_if_empty(i, Retire::Into(unlinked)) {
                 stats.nodes_removed += 1;
             }
         }
@@ -268,6 +282,8 @@ impl Engine {
                 queue,
                 ends,
                 empty,
+                unlinked,
+                reclaimer,
             } = &mut scratch;
             empty.clear();
             let walk = self.walk(seen, stack, &guard, |i, n| {
@@ -275,7 +291,7 @@ impl Engine {
                     empty.push(i);
                 }
             });
-            walk.sweep(empty, &mut stats);
+            walk.sweep(empty, unlinked, &mut stats);
             walk.subtree_ends(ends);
             for id in over {
                 let items = queue.refill();
@@ -283,8 +299,9 @@ impl Engine {
                     push_candidates(items, i, walk.node(i), Some(id));
                 }
                 let done = || self.registry.chars(id) <= max_chars;
-                self.evict_lru(done, &walk, ends, queue, &mut stats);
+                self.evict_lru(done, &walk, ends, queue, unlinked, &mut stats);
             }
+            reclaimer.hand_off(unlinked, &guard);
         }
         stats
     }
@@ -308,6 +325,8 @@ impl Engine {
                 queue,
                 ends,
                 empty,
+                unlinked,
+                reclaimer,
             } = &mut *scratch;
             let items = queue.refill();
             empty.clear();
@@ -318,10 +337,11 @@ impl Engine {
                     empty.push(i);
                 }
             });
-            walk.sweep(empty, &mut stats);
+            walk.sweep(empty, unlinked, &mut stats);
             walk.subtree_ends(ends);
             let done = || self.total_chars() <= max_total;
-            self.evict_lru(done, &walk, ends, queue, &mut stats);
+            self.evict_lru(done, &walk, ends, queue, unlinked, &mut stats);
+            reclaimer.hand_off(unlinked, &guard);
         }
         stats
     }
@@ -337,6 +357,7 @@ impl Engine {
         walk: &Walk<'_, '_>,
         ends: &[u32],
         queue: &mut LruQueue,
+        unlinked: &mut Unlinked,
         stats: &mut EvictionStats,
     ) {
         queue.seal(ends);
@@ -358,7 +379,7 @@ impl Engine {
             self.counted_detach(id, n.chars);
             stats.detached += 1;
             stats.chars_freed += n.chars;
-            if walk.unlink_if_empty(i) {
+            if walk.unlink_if_empty(i, Retire::Into(unlinked)) {
                 stats.nodes_removed += 1;
             }
         }
@@ -376,7 +397,7 @@ impl Engine {
             if tenants::detach(&n.slots, id) == Detach::Detached {
                 self.counted_detach(id, n.chars);
             }
-            walk.unlink_if_empty(i);
+            walk.unlink_if_empty(i, Retire::Defer);
         }
     }
 

@@ -6,7 +6,8 @@
 //! - `children.rs`: copy-on-write child arrays;
 //! - `node.rs`: nodes and the replace protocol (split, compact, unlink);
 //! - `walk.rs`: the match descent and the insert walk;
-//! - `maintain.rs`: eviction, tenant removal and whole-tree reports.
+//! - `maintain.rs`: eviction, tenant removal and whole-tree reports;
+//! - `reclaim.rs`: evicted nodes freed by the evictor thread rather than by requests.
 //!
 //! The tree-wide char total is one atomic on its own cache line. It moves together with tenant
 //! counts, right after the slot CAS that attaches or detaches a tenant (see `tenant.rs`), with
@@ -16,6 +17,7 @@ mod children;
 mod label;
 mod maintain;
 mod node;
+mod reclaim;
 mod tenants;
 mod walk;
 

@@ -1,0 +1,146 @@
+//! What an eviction pass unlinks is freed by the evictor thread, not by requests.
+//!
+//! An unlinked node, and the child array its removal replaced, must outlive every reader that
+//! may still hold them: the epoch's grace period. `Guard::defer_destroy` waits for it, but the
+//! destructor then runs in whichever pinned thread collects the epoch's garbage next, and under
+//! an eviction-heavy load that is a routing request: on the latency bench (Mooncake, a quarter
+//! budget) a bare `pin()` in the routing threads took over 5 us about ten times as often while
+//! the evictor ran, up to 270 us (a collect runs up to 512 deferred frees, nodes with their
+//! labels), and the routing threads spent about as much time freeing evicted nodes as the
+//! evictor spent evicting them.
+//!
+//! So a pass collects what it unlinks into an [`Unlinked`] batch, and defers only the hand-back
+//! of the whole batch: one channel send is all a collecting request does for it. The evictor
+//! drops the batches that came back before and after each pass ([`Reclaimer::free_returned`]),
+//! which frees them in its own thread.
+//!
+//! Ownership decides who frees, so every entry is freed exactly once and never early:
+//! - an [`Unlinked`] batch (grace period not yet begun) that is dropped without being handed
+//!   off defers each entry through the epoch, like `defer_destroy` (a pass that unwinds);
+//! - a [`Returned`] batch exists only inside the deferred hand-back, so after the grace period,
+//!   and dropping it frees its entries: in the evictor, or in the collecting thread when the
+//!   send fails because the evictor has gone, or wherever the channel drops what it still holds.
+//!
+//! No atomics of ours: the channel orders the send before the evictor's drop of the batch.
+//! Under loom (crossbeam-channel does not build there) the deferred hand-back drops the batch
+//! itself, which is the same grace-period protocol without the thread change.
+
+use super::children::ChildArray;
+use super::node::Node;
+use crossbeam_epoch::{self as epoch, Guard, Owned, Pointer, Shared};
+
+/// Pointers taken out of the tree, as `Pointer::into_usize` data.
+#[derive(Default)]
+struct Entries {
+    nodes: Vec<usize>,
+    arrays: Vec<usize>,
+}
+
+// SAFETY: the entries are unreachable from the tree and owned by this batch alone, so moving
+// them to another thread moves their ownership (`Node` and `Child` are `Send`).
+unsafe impl Send for Entries {}
+
+impl Entries {
+    fn is_empty(&self) -> bool {
+        self.nodes.is_empty() && self.arrays.is_empty()
+    }
+}
+
+/// What this pass unlinked: out of the tree, but readers pinned before may still hold it.
+#[derive(Default)]
+pub(crate) struct Unlinked(Entries);
+
+impl Unlinked {
+    /// Takes ownership of `node`, just swapped out of its parent's child array.
+    pub(crate) fn node(&mut self, node: Shared<'_, Node>) {
+        self.0.nodes.push(node.into_usize());
+    }
+
+    /// Takes ownership of `array`, just swapped out of (or frozen with) its node.
+    pub(crate) fn array(&mut self, array: Shared<'_, ChildArray>) {
+        self.0.arrays.push(array.with_tag(0).into_usize());
+    }
+}
+
+impl Drop for Unlinked {
+    fn drop(&mut self) {
+        if self.0.is_empty() {
+            return;
+        }
+        let guard = epoch::pin();
+        // SAFETY: each entry was unlinked once and is owned by this batch alone; deferring
+        // waits out the readers that may still hold it.
+        unsafe {
+            for &data in &self.0.nodes {
+                guard.defer_destroy(Shared::<Node>::from_usize(data));
+            }
+            for &data in &self.0.arrays {
+                guard.defer_destroy(Shared::<ChildArray>::from_usize(data));
+            }
+        }
+    }
+}
+
+/// A batch past its grace period: dropping it frees its entries.
+struct Returned(Entries);
+
+impl Drop for Returned {
+    fn drop(&mut self) {
+        // SAFETY: a `Returned` is only made inside a deferred function (after every reader that
+        // could hold an entry unpinned), from entries owned by one batch and converted once.
+        unsafe {
+            for &data in &self.0.nodes {
+                drop(Owned::<Node>::from_usize(data));
+            }
+            for &data in &self.0.arrays {
+                drop(Owned::<ChildArray>::from_usize(data));
+            }
+        }
+    }
+}
+
+/// The evictor's end of the hand-back: batches deferred by its passes come back here.
+#[cfg_attr(router_loom, derive(Default))]
+pub(crate) struct Reclaimer {
+    #[cfg(not(router_loom))]
+    returned: (
+        crossbeam_channel::Sender<Returned>,
+        crossbeam_channel::Receiver<Returned>,
+    ),
+}
+
+#[cfg(not(router_loom))]
+impl Default for Reclaimer {
+    fn default() -> Self {
+        Self {
+            returned: crossbeam_channel::unbounded(),
+        }
+    }
+}
+
+impl Reclaimer {
+    /// Defers handing `batch` back to this reclaimer until its grace period has passed.
+    pub(crate) fn hand_off(&self, batch: &mut Unlinked, guard: &Guard) {
+        let entries = std::mem::take(&mut batch.0);
+        if entries.is_empty() {
+            return;
+        }
+        #[cfg(not(router_loom))]
+        {
+            let back = self.returned.0.clone();
+            // A failed send (the evictor has gone) drops the batch here, which frees it.
+            guard.defer(move || drop(back.send(Returned(entries))));
+        }
+        #[cfg(router_loom)]
+        guard.defer(move || drop(Returned(entries)));
+        // Into the global queue now, where any thread's next collect can run it, rather than
+        // when this thread's local bag fills.
+        guard.flush();
+    }
+
+    /// Frees every batch that has come back, in this thread.
+    pub(crate) fn free_returned(&self) {
+        #[cfg(not(router_loom))]
+        self.returned.1.try_iter().for_each(drop);
+    }
+}
