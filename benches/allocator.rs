@@ -22,54 +22,8 @@
 mod baseline;
 mod support;
 
-use mimalloc::MiMalloc;
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, Ordering};
+use support::dispatch::{use_mimalloc, Dispatch};
 use support::{mooncake, replay, shared_prefix, Ours};
-
-static USE_MIMALLOC: AtomicBool = AtomicBool::new(false);
-
-struct Dispatch;
-
-fn owned_by_mimalloc(ptr: *mut u8) -> bool {
-    // SAFETY: a query on any pointer value; it does not dereference it.
-    unsafe { libmimalloc_sys::mi_is_in_heap_region(ptr as *const _) }
-}
-
-// SAFETY: every block is allocated by one of two allocators and returned to the one that owns
-// it, which `owned_by_mimalloc` decides without dereferencing.
-unsafe impl GlobalAlloc for Dispatch {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: same contract as ours.
-        unsafe {
-            if USE_MIMALLOC.load(Ordering::Relaxed) {
-                MiMalloc.alloc(layout)
-            } else {
-                System.alloc(layout)
-            }
-        }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from the allocator that owns it.
-        unsafe {
-            if owned_by_mimalloc(ptr) {
-                MiMalloc.dealloc(ptr, layout)
-            } else {
-                System.dealloc(ptr, layout)
-            }
-        }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new: usize) -> *mut u8 {
-        // SAFETY: a block is resized by the allocator that owns it.
-        unsafe {
-            if owned_by_mimalloc(ptr) {
-                MiMalloc.realloc(ptr, layout, new)
-            } else {
-                System.realloc(ptr, layout, new)
-            }
-        }
-    }
-}
 
 #[global_allocator]
 static GLOBAL: Dispatch = Dispatch;
@@ -98,8 +52,8 @@ fn main() {
 
 /// Replays every workload `BENCH_CHILD_ROUNDS` rounds under one allocator, printing one line
 /// per replay: `workload threads ours_ms floor_ms`. `BENCH_CHILD_SEED` orders the rounds.
-fn child(use_mimalloc: bool) {
-    USE_MIMALLOC.store(use_mimalloc, Ordering::Relaxed);
+fn child(mimalloc: bool) {
+    use_mimalloc(mimalloc);
     let rounds = support::env("BENCH_CHILD_ROUNDS", 5);
     let workloads = [shared_prefix(), mooncake(256).0];
     let mut rng = support::Rng::new(support::env("BENCH_CHILD_SEED", 7) as u64);

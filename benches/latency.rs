@@ -12,6 +12,10 @@
 //! floor is also timed request by request, the same way, so the table shows what the machine
 //! itself adds to a tail.
 //!
+//! Under mimalloc by default: with glibc's malloc the routing threads' tails were its arena
+//! locks (about a thousand sleeps per scenario, none under mimalloc), which says nothing about
+//! the engine. `BENCH_ALLOCATOR=system` measures glibc's.
+//!
 //! `cargo bench --bench latency` (env: `BENCH_BLOCK` block chars, default 256; `BENCH_PASSES`
 //! replays per scenario, default 3; `BENCH_OURS_PASSES` for our scenarios, default 10, since
 //! ours replay in milliseconds where the baseline takes seconds).
@@ -22,7 +26,11 @@ mod support;
 
 use hdrhistogram::Histogram;
 use std::time::{Duration, Instant};
+use support::dispatch::{use_mimalloc, Dispatch};
 use support::{env, mooncake, Base, Ours, Router};
+
+#[global_allocator]
+static GLOBAL: Dispatch = Dispatch;
 
 /// Times the calling thread went to sleep voluntarily (waiting on a lock, mostly): Linux's
 /// `/proc/thread-self/status`; 0 where that is not available.
@@ -173,6 +181,14 @@ fn row(name: &str, run: &Run, floor: f64) {
 }
 
 fn main() {
+    // mimalloc unless `BENCH_ALLOCATOR=system`: before anything is allocated for the run.
+    let system = std::env::var("BENCH_ALLOCATOR").is_ok_and(|a| a == "system");
+    use_mimalloc(!system);
+    let allocator = if system {
+        "the system's (glibc)"
+    } else {
+        "mimalloc"
+    };
     // `cargo bench` passes `--bench`; criterion-style filters are not supported here.
     let block = env("BENCH_BLOCK", 256);
     let passes = env("BENCH_PASSES", 3);
@@ -182,7 +198,7 @@ fn main() {
     let budget = distinct_chars / 4;
     let floor = median_floor(&texts);
     println!(
-        "mooncake from {source}: {} requests, block {block} chars",
+        "mooncake from {source}: {} requests, block {block} chars; allocator: {allocator}",
         texts.len()
     );
     println!(

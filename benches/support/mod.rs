@@ -1,6 +1,8 @@
 //! Workloads, the floor, and the one trait both engines are driven through.
 #![allow(dead_code)]
 
+pub(crate) mod dispatch;
+
 use crate::baseline::{BaseWorker, BaselinePolicy, Config};
 use cache_aware_router::{
     BasicWorkerBuilder, CacheAwareConfig, CacheAwarePolicy, LoadBalancingPolicy, Worker,
