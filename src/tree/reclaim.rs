@@ -4,10 +4,9 @@
 //! may still hold them: the epoch's grace period. `Guard::defer_destroy` waits for it, but the
 //! destructor then runs in whichever pinned thread collects the epoch's garbage next, and under
 //! an eviction-heavy load that is a routing request: on the latency bench (Mooncake, a quarter
-//! budget) a bare `pin()` in the routing threads took over 5 us about ten times as often while
-//! the evictor ran, up to 270 us (a collect runs up to 512 deferred frees, nodes with their
-//! labels), and the routing threads spent about as much time freeing evicted nodes as the
-//! evictor spent evicting them.
+//! budget) a bare `pin()` in the routing threads took over 5 us 7–16 times as often while the
+//! evictor ran, up to 530 us (a collect runs up to 512 deferred frees, nodes with their
+//! labels), and routing p99 was 2.3–2.6x its value without eviction (1.2–1.4x since).
 //!
 //! So a pass collects what it unlinks into an [`Unlinked`] batch, and defers only the hand-back
 //! of the whole batch: one channel send is all a collecting request does for it. The evictor
