@@ -63,6 +63,22 @@ fn hits_follow_the_cache_and_prefer_the_least_loaded_holder() {
 }
 
 #[test]
+fn misses_pick_evenly_among_tied_idle_workers() {
+    let policy = CacheAwarePolicy::with_config(no_evictor());
+    let ws = workers(8, "");
+    let mut counts = [0usize; 8];
+    for i in 0..8000 {
+        let text = format!("{i:05} a prompt that shares nothing past its number");
+        counts[policy.select_worker(&ws, Some(&text)).unwrap()] += 1;
+    }
+    // 1,000 expected each; a standard deviation is about 30.
+    assert!(
+        counts.iter().all(|&n| (800..=1200).contains(&n)),
+        "ties are not picked evenly: {counts:?}"
+    );
+}
+
+#[test]
 fn misses_spread_over_idle_workers_by_default_and_pile_up_under_the_seed_rule() {
     let spread = CacheAwarePolicy::with_config(no_evictor());
     let piled = CacheAwarePolicy::builder()

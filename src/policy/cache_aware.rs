@@ -174,7 +174,9 @@ impl Shared {
                 next
             }),
         };
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+        // The high half of a 64x64-bit product is uniform in `0..n` to within n / 2^64, and
+        // costs a multiply where `%` costs a division.
+        ((x.wrapping_mul(0x2545_F491_4F6C_DD1D) as u128 * n as u128) >> 64) as u64
     }
 }
 
@@ -212,20 +214,25 @@ impl Shared {
             &mut spilled
         };
         let (mut min, mut max, mut ties) = (usize::MAX, 0, 0u64);
-        let (mut random_least, mut first_least) = (None, None);
+        let mut first_least = None;
         for c in list.iter() {
             max = max.max(c.load);
             if c.load < min {
-                (min, ties, first_least, random_least) = (c.load, 1, Some(*c), Some(*c));
+                (min, ties, first_least) = (c.load, 1, Some(*c));
             } else if c.load == min {
                 ties += 1;
-                if self.draw(ties) == 0 {
-                    random_least = Some(*c);
-                }
             }
         }
         let least = match self.miss_rule {
-            MissRule::LeastLoaded => random_least?,
+            // One draw picks among the tied least loaded, uniformly. A draw per tie (reservoir
+            // sampling) cost a 64-worker fleet at rest 63 draws per request.
+            MissRule::LeastLoaded => {
+                let pick = self.draw(ties);
+                list.iter()
+                    .filter(|c| c.load == min)
+                    .nth(pick as usize)
+                    .copied()?
+            }
             MissRule::SmallestTree => first_least?,
         };
         let imbalanced = self.config.is_imbalanced(max, min);
