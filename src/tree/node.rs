@@ -20,9 +20,9 @@
 //! 4. **Swap it in.** CAS the parent's child array for one where the entry whose node *is* this
 //!    node (by identity, never by first char) points to the successor, or is gone. The thread
 //!    whose CAS succeeds retires the node and the old array: through the epoch, or, in an
-//!    eviction pass, into the pass's batch, which the evictor frees itself (`reclaim.rs`). If the node is no longer in the
-//!    parent's array, someone else finished step 4. If the parent is itself frozen, the caller
-//!    restarts from its shard root and helps the parent first.
+//!    eviction pass, into the pass's batch, which the evictor frees itself (`reclaim.rs`). If
+//!    the node is no longer in the parent's array, someone else finished step 4. If the parent
+//!    is itself frozen, the caller restarts from its shard root and helps the parent first.
 //!
 //! Every step can be done by any thread, so a stalled thread never blocks the others: a thread
 //! that meets a claimed node finishes the replacement itself.

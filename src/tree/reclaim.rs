@@ -28,16 +28,14 @@ use super::children::ChildArray;
 use super::node::Node;
 use crossbeam_epoch::{self as epoch, Guard, Owned, Pointer, Shared};
 
-/// Pointers taken out of the tree, as `Pointer::into_usize` data.
+/// Pointers taken out of the tree, as `Pointer::into_usize` data (plain integers, so a batch
+/// moves to the thread that frees it like any value; what they point to is owned by the batch
+/// alone).
 #[derive(Default)]
 struct Entries {
     nodes: Vec<usize>,
     arrays: Vec<usize>,
 }
-
-// SAFETY: the entries are unreachable from the tree and owned by this batch alone, so moving
-// them to another thread moves their ownership (`Node` and `Child` are `Send`).
-unsafe impl Send for Entries {}
 
 impl Entries {
     fn is_empty(&self) -> bool {
