@@ -415,6 +415,36 @@ fn fleets_larger_than_the_stack_snapshot_route_the_same() {
 }
 
 #[test]
+fn slices_in_another_order_or_a_subset_resolve_to_the_same_workers() {
+    // Workers are found by position first (the fleet as registered), by address otherwise.
+    let policy = CacheAwarePolicy::with_config(no_evictor());
+    let ws = workers(6, "");
+    policy.init_workers(&ws);
+    let prompt = "a prompt cached on one worker of six, long enough to be a hit";
+    let first = policy.select_worker(&ws, Some(prompt)).unwrap();
+    let url = ws[first].url().to_string();
+    let reversed: Vec<_> = ws.iter().rev().cloned().collect();
+    let i = policy.select_worker(&reversed, Some(prompt)).unwrap();
+    assert_eq!(
+        reversed[i].url(),
+        url,
+        "the holder, at its index in the reversed slice"
+    );
+    let others: Vec<_> = ws.iter().filter(|w| w.url() != url).cloned().collect();
+    for _ in 0..20 {
+        let i = policy.select_worker(&others, Some(prompt)).unwrap();
+        assert_ne!(others[i].url(), url, "a worker the slice does not hold");
+    }
+    // Unhealthy in a shifted slice: skipped wherever it sits.
+    ws[first].set_healthy(false);
+    let mut rotated = ws.clone();
+    rotated.rotate_left(1);
+    let i = policy.select_worker(&rotated, Some(prompt)).unwrap();
+    assert_ne!(rotated[i].url(), url);
+    assert!(rotated[i].is_healthy());
+}
+
+#[test]
 fn cost_aware_selection_trades_a_match_against_a_queue() {
     use cache_aware_router::SelectionRule;
     let build = |rule| {

@@ -127,6 +127,50 @@ impl Candidate {
     }
 }
 
+/// The candidates of one decision: a stack array for fleets up to `INLINE_WORKERS`, a `Vec`
+/// past it.
+struct Snapshot {
+    inline: [Candidate; INLINE_WORKERS],
+    len: usize,
+    spilled: Vec<Candidate>,
+}
+
+impl Snapshot {
+    fn new() -> Self {
+        Snapshot {
+            inline: [Candidate::NONE; INLINE_WORKERS],
+            len: 0,
+            spilled: Vec::new(),
+        }
+    }
+
+    #[inline]
+    fn push(&mut self, c: Candidate) {
+        if self.len < INLINE_WORKERS {
+            self.inline[self.len] = c;
+        } else {
+            if self.spilled.is_empty() {
+                self.spilled.extend_from_slice(&self.inline);
+            }
+            self.spilled.push(c);
+        }
+        self.len += 1;
+    }
+
+    fn clear(&mut self) {
+        self.len = 0;
+        self.spilled.clear();
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [Candidate] {
+        if self.len <= INLINE_WORKERS {
+            &mut self.inline[..self.len]
+        } else {
+            &mut self.spilled
+        }
+    }
+}
+
 struct Shared {
     config: CacheAwareConfig,
     miss_rule: MissRule,
@@ -185,34 +229,15 @@ impl Shared {
     /// cache when the match ratio clears the threshold, else by the miss rule; record `text`
     /// for the pick in the same descent. `(index, cache hit)`.
     ///
-    /// Each candidate's load is read once, into a stack snapshot (a `Vec` past
-    /// `INLINE_WORKERS`); a hit sorts the snapshot by tenant and finds each holder of the
-    /// matched node by binary search, so a hit costs O(holders x log workers).
+    /// Each candidate's load was read once, into `list`; a hit sorts it by tenant and finds
+    /// each holder of the matched node by binary search, so a hit costs O(holders x log
+    /// workers).
     fn decide(
         &self,
         model: &ModelState,
-        candidates: impl Iterator<Item = Candidate>,
+        list: &mut [Candidate],
         text: &str,
     ) -> Option<(usize, bool)> {
-        let mut inline = [Candidate::NONE; INLINE_WORKERS];
-        let mut spilled: Vec<Candidate> = Vec::new();
-        let mut len = 0;
-        for c in candidates {
-            if len < INLINE_WORKERS {
-                inline[len] = c;
-            } else {
-                if spilled.is_empty() {
-                    spilled.extend_from_slice(&inline);
-                }
-                spilled.push(c);
-            }
-            len += 1;
-        }
-        let list: &mut [Candidate] = if len <= INLINE_WORKERS {
-            &mut inline[..len]
-        } else {
-            &mut spilled
-        };
         let (mut min, mut max, mut ties) = (usize::MAX, 0, 0u64);
         let mut first_least = None;
         for c in list.iter() {
@@ -543,12 +568,13 @@ impl CacheAwarePolicy {
             return Err(RouteError::UnknownModel(key.to_string()));
         };
         let list = tables.native_of(m);
-        let candidates = list
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.is_eligible())
-            .map(|(i, r)| Candidate::of(i, r));
-        let Some((index, hit)) = self.shared.decide(m, candidates, text) else {
+        let mut snapshot = Snapshot::new();
+        for (i, r) in list.iter().enumerate() {
+            if r.is_eligible() {
+                snapshot.push(Candidate::of(i, r));
+            }
+        }
+        let Some((index, hit)) = self.shared.decide(m, snapshot.as_mut_slice(), text) else {
             self.shared.counters.no_worker.add(1);
             return Err(RouteError::NoHealthyWorker(key.to_string()));
         };
@@ -612,20 +638,59 @@ impl CacheAwarePolicy {
     }
 }
 
-/// Fills `out[i]` with worker `i`'s table entry if it is eligible; returns whether some worker
-/// has no entry yet (one lookup per worker).
-fn resolve<'g>(
+/// Which models a slice's eligible workers belong to.
+#[derive(Clone, Copy)]
+enum Models<'g> {
+    /// No worker is eligible.
+    None,
+    /// Every eligible worker is of this model.
+    One(&'g Arc<ModelState>),
+    /// The eligible workers span several models.
+    Several,
+}
+
+/// Pushes into `out` every eligible worker of the slice (of model `only`, if given), with its
+/// index and load, in one pass of one lookup each; says which models they belong to and
+/// whether some worker has no table entry yet.
+fn gather<'g>(
     tables: &'g Tables,
     workers: &[Arc<dyn Worker>],
-    out: &mut [Option<&'g Registered>],
-) -> bool {
+    only: Option<&ModelState>,
+    out: &mut Snapshot,
+) -> (Models<'g>, bool) {
     let mut unseen = false;
-    for (slot, w) in out.iter_mut().zip(workers) {
-        let entry = tables.find(w);
-        unseen |= entry.is_none();
-        *slot = entry.filter(|r| r.is_eligible());
+    let mut models = Models::None;
+    // With one model in the tables (the usual fleet) every worker is of it: no compare each.
+    let sole = match tables.models.as_slice() {
+        [m] => Some(m),
+        _ => None,
+    };
+    for (index, w) in workers.iter().enumerate() {
+        let Some(r) = tables.find_at(index, w) else {
+            unseen = true;
+            continue;
+        };
+        // `w` and `r.worker` are the same worker (the table is keyed by its address): ask the
+        // handle already at hand.
+        if !w.is_healthy()
+            || r.model.is_removed(r.tenant)
+            || only.is_some_and(|m| !std::ptr::eq(&*r.model, m))
+        {
+            continue;
+        }
+        match (models, sole) {
+            (Models::None, _) => models = Models::One(&r.model),
+            (Models::One(m), None) if !Arc::ptr_eq(m, &r.model) => models = Models::Several,
+            _ => {}
+        }
+        out.push(Candidate {
+            tenant: r.tenant,
+            index,
+            load: w.load(),
+            matched: 0,
+        });
     }
-    unseen
+    (models, unseen)
 }
 
 impl LoadBalancingPolicy for CacheAwarePolicy {
@@ -640,51 +705,41 @@ impl LoadBalancingPolicy for CacheAwarePolicy {
         let shared = &self.shared;
         let guard = epoch::pin();
         let mut tables = shared.tables.load(&guard);
-        // Resolve each worker once (its table entry, if eligible): a stack array for fleets up to
-        // `INLINE_WORKERS`, so the rest of the decision indexes instead of searching.
-        let mut inline: [Option<&Registered>; INLINE_WORKERS] = [None; INLINE_WORKERS];
-        let mut spilled: Vec<Option<&Registered>>;
-        let resolved: &mut [Option<&Registered>] = if workers.len() <= INLINE_WORKERS {
-            &mut inline[..workers.len()]
-        } else {
-            spilled = vec![None; workers.len()];
-            &mut spilled
-        };
-        if resolve(tables, workers, resolved) {
-            // First sight of some worker: register it, then resolve against the new tables.
+        let mut snapshot = Snapshot::new();
+        let (mut models, unseen) = gather(tables, workers, None, &mut snapshot);
+        if unseen {
+            // First sight of some worker: register it, then gather against the new tables.
             shared.register_unseen(workers);
             tables = shared.tables.load(&guard);
-            resolve(tables, workers, resolved);
-        }
-        let resolved = &*resolved;
-        let entry = |i: usize| resolved[i];
-        let mut model: Option<&Arc<ModelState>> = None;
-        let mut several = false;
-        for i in 0..workers.len() {
-            if let Some(r) = entry(i) {
-                match model {
-                    None => model = Some(&r.model),
-                    Some(m) if !Arc::ptr_eq(m, &r.model) => several = true,
-                    Some(_) => {}
-                }
-            }
+            snapshot.clear();
+            models = gather(tables, workers, None, &mut snapshot).0;
         }
         let text = request_text.unwrap_or("");
-        if several {
-            let eligible = |m: &ModelState| {
-                (0..workers.len()).any(|i| entry(i).is_some_and(|r| std::ptr::eq(&*r.model, m)))
-            };
-            model = shared.pick_model(tables, eligible, text);
-        }
+        let model = match models {
+            Models::One(m) => Some(m),
+            Models::Several => {
+                // Rare (a slice that spans models): pick one, then gather only its workers.
+                let eligible = |m: &ModelState| {
+                    workers.iter().any(|w| {
+                        tables
+                            .find(w)
+                            .is_some_and(|r| r.is_eligible() && std::ptr::eq(&*r.model, m))
+                    })
+                };
+                let pick = shared.pick_model(tables, eligible, text);
+                if let Some(m) = pick {
+                    snapshot.clear();
+                    gather(tables, workers, Some(m), &mut snapshot);
+                }
+                pick
+            }
+            Models::None => None,
+        };
         let Some(model) = model else {
             shared.counters.no_worker.add(1);
             return None;
         };
-        let candidates = resolved.iter().enumerate().filter_map(|(i, r)| {
-            r.filter(|r| Arc::ptr_eq(&r.model, model))
-                .map(|r| Candidate::of(i, r))
-        });
-        let (index, _) = shared.decide(model, candidates, text)?;
+        let (index, _) = shared.decide(model, snapshot.as_mut_slice(), text)?;
         workers[index].increment_processed();
         Some(index)
     }

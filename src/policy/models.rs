@@ -93,10 +93,11 @@ pub(crate) struct Tables {
     pub(crate) models: Vec<Arc<ModelState>>,
     /// Every worker seen, in first-seen order.
     pub(crate) workers: Vec<Registered>,
-    /// Open-addressing index into `workers` by `Registered::key`: `i + 1`, 0 for empty; a
-    /// power of two at least twice `workers.len()`, rebuilt whenever `workers` changes (only
-    /// registrations do). A lookup is a multiply and, nearly always, one probe.
-    index: Box<[u32]>,
+    /// Open-addressing index into `workers` by `Registered::key`: `(key, i + 1)`, `(0, 0)` for
+    /// empty; a power of two at least twice `workers.len()`, rebuilt whenever `workers` changes
+    /// (only registrations do). A lookup is a multiply and, nearly always, one probe that
+    /// compares the key in the slot itself.
+    index: Box<[(usize, u32)]>,
     /// Workers registered for the native API, per model, in registration order.
     pub(crate) native: Vec<(Arc<ModelState>, Vec<Registered>)>,
 }
@@ -123,6 +124,16 @@ impl Tables {
         m
     }
 
+    /// `find`, trying first the entry at `position`: a caller that hands in the fleet it
+    /// registered, in the same order, finds every worker with one compare.
+    #[inline]
+    pub(crate) fn find_at(&self, position: usize, worker: &Arc<dyn Worker>) -> Option<&Registered> {
+        match self.workers.get(position) {
+            Some(r) if Registered::key(&r.worker) == Registered::key(worker) => Some(r),
+            _ => self.find(worker),
+        }
+    }
+
     pub(crate) fn find(&self, worker: &Arc<dyn Worker>) -> Option<&Registered> {
         self.position(Registered::key(worker))
             .map(|i| &self.workers[i])
@@ -136,10 +147,8 @@ impl Tables {
         let mut slot = slot_of(key, mask);
         loop {
             match self.index[slot] {
-                0 => return None,
-                i if Registered::key(&self.workers[i as usize - 1].worker) == key => {
-                    return Some(i as usize - 1)
-                }
+                (_, 0) => return None,
+                (k, i) if k == key => return Some(i as usize - 1),
                 _ => slot = (slot + 1) & mask,
             }
         }
@@ -147,13 +156,14 @@ impl Tables {
 
     fn reindex(&mut self) {
         let size = (self.workers.len() * 2).next_power_of_two().max(8);
-        let mut index = vec![0u32; size].into_boxed_slice();
+        let mut index = vec![(0, 0u32); size].into_boxed_slice();
         for (i, r) in self.workers.iter().enumerate() {
-            let mut slot = slot_of(Registered::key(&r.worker), size - 1);
-            while index[slot] != 0 {
+            let key = Registered::key(&r.worker);
+            let mut slot = slot_of(key, size - 1);
+            while index[slot].1 != 0 {
                 slot = (slot + 1) & (size - 1);
             }
-            index[slot] = i as u32 + 1;
+            index[slot] = (key, i as u32 + 1);
         }
         self.index = index;
     }
