@@ -670,12 +670,8 @@ fn gather<'g>(
             unseen = true;
             continue;
         };
-        // `w` and `r.worker` are the same worker (the table is keyed by its address): ask the
-        // handle already at hand.
-        if !w.is_healthy()
-            || r.model.is_removed(r.tenant)
-            || only.is_some_and(|m| !std::ptr::eq(&*r.model, m))
-        {
+        // `w` and `r.worker` are the same worker (the table is keyed by its address).
+        if !r.is_eligible_through(&**w) || only.is_some_and(|m| !std::ptr::eq(&*r.model, m)) {
             continue;
         }
         match (models, sole) {

@@ -83,7 +83,13 @@ impl Registered {
     }
 
     pub(crate) fn is_eligible(&self) -> bool {
-        self.worker.is_healthy() && !self.model.is_removed(self.tenant)
+        self.is_eligible_through(&*self.worker)
+    }
+
+    /// `is_eligible`, asking `handle` (this same worker, reached through another `Arc`) for its
+    /// health: the caller's handle is already in cache.
+    pub(crate) fn is_eligible_through(&self, handle: &dyn Worker) -> bool {
+        handle.is_healthy() && !self.model.is_removed(self.tenant)
     }
 }
 
