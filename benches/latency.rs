@@ -5,7 +5,9 @@
 //! inserting, so the pair compares different work), cold replays (a fresh router per replay:
 //! both insert every prompt), and cold replays on one routing thread (the evictor has a core
 //! to itself), which separates what eviction costs a request from what a third busy thread
-//! on two saturated cores costs. Every figure is also given as a multiple of
+//! on two saturated cores costs. By default requests run the evictor's passes in pieces; the
+//! cold evicting scenarios are also run with each pass whole in the evictor thread
+//! (`whole passes` rows). Every figure is also given as a multiple of
 //! the floor of the median request (comparing it with an equal copy). On Linux it also counts
 //! how often the routing threads slept (voluntary context switches: lock waits, which lock-free
 //! code should not have, but glibc's malloc arenas do) and how much CPU the evictor took. The
@@ -25,6 +27,7 @@ mod baseline;
 mod support;
 
 use hdrhistogram::Histogram;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use support::dispatch::{use_mimalloc, Dispatch};
 use support::{env, mooncake, Base, Ours, Router};
@@ -165,6 +168,32 @@ fn median_floor(texts: &[String]) -> f64 {
     start.elapsed().as_nanos() as f64 / reps as f64
 }
 
+/// The largest tree size a sampler saw (every 50 us) while `router` replayed `texts` once on
+/// 2 threads, as a multiple of `budget`. The sampler is a third thread, so these replays are
+/// separate from the timed ones.
+fn peak_over_budget(router: &Ours, texts: &[String], budget: usize) -> f64 {
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let sampler = s.spawn(|| {
+            let mut peak = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let size = router
+                    .policy
+                    .metrics()
+                    .tree_chars
+                    .first()
+                    .map_or(0, |t| t.1);
+                peak = peak.max(size);
+                std::thread::sleep(Duration::from_micros(50));
+            }
+            peak
+        });
+        record(router, texts, 1, 2);
+        stop.store(true, Ordering::Relaxed);
+        sampler.join().unwrap() as f64 / budget as f64
+    })
+}
+
 fn row(name: &str, run: &Run, floor: f64) {
     let h = &run.latency;
     let q = |p: f64| h.value_at_quantile(p) as f64;
@@ -243,6 +272,12 @@ fn main() {
     row("ours cold 1t, no eviction", &cold_plain_1t, floor);
     let (cold_evict_1t, _) = record_cold(bounded, &texts, ours_passes, 1);
     row("ours cold 1t, evicting", &cold_evict_1t, floor);
+    // The same two evicting scenarios with each pass run whole in the evictor thread.
+    let whole = || Ours::with_passes(8, 1, budget, true);
+    let (whole_evict, whole_evicted) = record_cold(whole, &texts, ours_passes, 2);
+    row("whole passes cold, evicting", &whole_evict, floor);
+    let (whole_evict_1t, _) = record_cold(whole, &texts, ours_passes, 1);
+    row("whole passes cold 1t, evict", &whole_evict_1t, floor);
 
     let base = Base::new(8, None, usize::MAX);
     let base_plain = record(&base, &texts, passes, 2);
@@ -258,8 +293,8 @@ fn main() {
     std::mem::forget(base);
 
     println!(
-        "\nours, evicting: {} passes removed {} nodes ({} chars); ours cold, evicting: {} passes removed {} nodes;",
-        m.eviction_passes, m.evicted_nodes, m.evicted_chars, cold_evicted.passes, cold_evicted.nodes
+        "\nours, evicting: {} passes removed {} nodes ({} chars); ours cold, evicting: {} passes removed {} nodes; whole passes cold: {} passes removed {} nodes;",
+        m.eviction_passes, m.evicted_nodes, m.evicted_chars, cold_evicted.passes, cold_evicted.nodes, whole_evicted.passes, whole_evicted.nodes
     );
     if let Some(ms) = evictor_ms {
         println!(
@@ -280,6 +315,27 @@ fn main() {
         ratio(&ours_evict, &ours_plain, 0.99),
         ratio(&cold_evict, &cold_plain, 0.99),
         ratio(&cold_evict_1t, &cold_plain_1t, 0.99),
+    );
+    println!(
+        "whole passes in the evictor, p99.9 evicting / not evicting: {:.2}x cold, {:.2}x cold on 1 thread (p99: {:.2}x, {:.2}x)",
+        ratio(&whole_evict, &cold_plain, 0.999),
+        ratio(&whole_evict_1t, &cold_plain_1t, 0.999),
+        ratio(&whole_evict, &cold_plain, 0.99),
+        ratio(&whole_evict_1t, &cold_plain_1t, 0.99),
+    );
+    let peaks = |whole: bool| {
+        (0..5)
+            .map(|_| {
+                let router = Ours::with_passes(8, 1, budget, whole);
+                format!("{:.2}", peak_over_budget(&router, &texts, budget))
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "peak tree size / budget in 5 cold 2-thread replays each (sampled every 50 us): pieces {}; whole passes {}",
+        peaks(false),
+        peaks(true)
     );
     println!(
         "ours p99.9 / floor p99.9 (no eviction): {:.1}x; baseline p99.9 / ours p99.9 (evicting): {:.0}x; p50: {:.0}x",

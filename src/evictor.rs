@@ -1,6 +1,6 @@
 //! The evictor: one housekeeping thread per policy, like moka's housekeeper.
 //!
-//! It sees the trees only through `Housekeeper::run_pass` and waits on three things:
+//! It sees the trees only through `Housekeeper` and waits on three things:
 //! - **stop**: a signal only the `Evictor` handle can raise, by being dropped; the thread sees
 //!   it at its next wait and exits, and `Drop` joins it. A pass in progress finishes first
 //!   (passes are bounded), so no thread outlives its policy.
@@ -15,20 +15,106 @@
 //! semantics come from a loom `Mutex<(stopped, woken)>` and `Condvar`, which the loom suite
 //! model-checks (loom's timed wait never times out, so models see stop and wake only).
 //!
+//! On a wake or a tick the evictor pins a guard (the anchor), opens a paced pass on every tree
+//! over its budget, and sleeps again while requests run the passes in pieces
+//! (`tree/paced.rs`): its own run is short, so it never holds up a decision for a whole pass.
+//! The request whose piece completes a pass wakes it; it then closes the passes and unpins.
+//! Passes still open after `PACED_DEADLINE` (no traffic to run them) it finishes itself; on
+//! stop it closes them as they stand. With whole passes (a builder option) it opens and
+//! finishes them in one run.
+//!
 //! Routing never waits for the evictor: passes change the trees with the same lock-free
-//! operations requests use, and the evictor frees what its passes unlink itself, before and
-//! after each pass, once the epoch says no reader holds it (`tree/reclaim.rs`).
+//! operations requests use, requests only `try_lock` a pass, and the evictor frees what the
+//! passes unlink itself, before and after each run, once the epoch says no reader holds it
+//! (`tree/reclaim.rs`).
 
+use crate::constants::PACED_DEADLINE;
 use crate::sync::thread;
-use crate::tree::EvictionScratch;
+use crossbeam_epoch::{self as epoch, Guard};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// What the evictor can ask of the policy.
 pub(crate) trait Housekeeper: Send + Sync + 'static {
-    /// One pass, in buffers the evictor thread keeps for its whole life.
-    fn run_pass(&self, scratch: &mut EvictionScratch);
+    /// Opens a paced pass on every tree over its budget; returns whether it opened any.
+    ///
+    /// # Safety
+    /// `anchor` must stay pinned until `close_passes` returns, and `close_passes` must be
+    /// called before it unpins.
+    unsafe fn open_passes(&self, anchor: &Guard) -> bool;
+    /// Whether requests run the passes in pieces; if not, the evictor runs them whole.
+    fn passes_in_requests(&self) -> bool;
+    /// Whether every pass opened is complete.
+    fn passes_done(&self) -> bool;
+    /// Closes the passes (finishing their work in this thread first if `finish`).
+    fn close_passes(&self, anchor: &Guard, finish: bool);
+    /// Frees what closed passes unlinked whose grace period has passed, in this thread.
+    fn free_unlinked(&self);
+}
+
+/// One run of the evictor: open the passes, leave them to the requests until they are done or
+/// the deadline passes (or run them whole here), close them. Returns `false` if a stop came
+/// meanwhile.
+fn run_passes(target: &dyn Housekeeper, mailbox: &Mailbox, event: Event) -> bool {
+    let in_requests = target.passes_in_requests();
+    // Pieces free what earlier passes unlinked, a few entries each; the rest is freed here on a
+    // tick. Whole passes free it here, before and after each run.
+    if !in_requests || event == Event::Tick {
+        target.free_unlinked();
+    }
+    let anchor = epoch::pin();
+    let mut stopped = false;
+    // SAFETY: `anchor` stays pinned until after `close_passes` below returns.
+    if unsafe { target.open_passes(&anchor) } {
+        let deadline = Deadline::after(PACED_DEADLINE);
+        while in_requests && !target.passes_done() {
+            let Some(left) = deadline.left() else {
+                break;
+            };
+            match mailbox.wait(left) {
+                Event::Stop => {
+                    stopped = true;
+                    break;
+                }
+                Event::Tick => break,
+                // A finished pass, or a tree over budget again: look again.
+                Event::Wake => {}
+            }
+        }
+        target.close_passes(&anchor, !stopped);
+    }
+    drop(anchor);
+    if !in_requests {
+        target.free_unlinked();
+    }
+    !stopped
+}
+
+/// When the evictor stops leaving an open pass to the requests. Under loom there is none:
+/// timed waits never time out there, and a model must not depend on the real clock.
+struct Deadline(#[cfg(not(router_loom))] std::time::Instant);
+
+impl Deadline {
+    fn after(_wait: Duration) -> Self {
+        Self(
+            #[cfg(not(router_loom))]
+            {
+                std::time::Instant::now() + _wait
+            },
+        )
+    }
+
+    /// Time left, if any.
+    fn left(&self) -> Option<Duration> {
+        #[cfg(not(router_loom))]
+        {
+            let left = self.0.saturating_duration_since(std::time::Instant::now());
+            (!left.is_zero()).then_some(left)
+        }
+        #[cfg(router_loom)]
+        Some(Duration::MAX)
+    }
 }
 
 /// What ended a wait.
@@ -188,12 +274,13 @@ impl Evictor {
         let stop = mailbox.stopper();
         let handle = thread::Builder::new()
             .name("router-evictor".into())
-            .spawn(move || {
-                let mut scratch = EvictionScratch::default();
-                loop {
-                    match mailbox.wait(interval) {
-                        Event::Stop => return,
-                        Event::Wake | Event::Tick => target.run_pass(&mut scratch),
+            .spawn(move || loop {
+                match mailbox.wait(interval) {
+                    Event::Stop => return,
+                    event => {
+                        if !run_passes(&*target, &mailbox, event) {
+                            return;
+                        }
                     }
                 }
             })?;
@@ -228,11 +315,21 @@ mod tests {
     use crate::sync::{AtomicUsize, Ordering};
     use std::time::Instant;
 
+    /// Counts runs; opens no pass.
     struct Count(AtomicUsize);
     impl Housekeeper for Count {
-        fn run_pass(&self, _scratch: &mut EvictionScratch) {
+        unsafe fn open_passes(&self, _anchor: &Guard) -> bool {
             self.0.fetch_add(1, Ordering::SeqCst);
+            false
         }
+        fn passes_in_requests(&self) -> bool {
+            true
+        }
+        fn passes_done(&self) -> bool {
+            true
+        }
+        fn close_passes(&self, _anchor: &Guard, _finish: bool) {}
+        fn free_unlinked(&self) {}
     }
 
     #[test]

@@ -1,14 +1,16 @@
 //! Allocation behaviour, watched by a counting global allocator: the match path allocates
 //! nothing (`match_counts` and a cache-hit `match_and_insert`), dropping a policy frees its
-//! trees in the dropping thread, not later inside some other request, and what the evictor
-//! unlinks is freed by the evictor, not by the requests that run beside it.
+//! trees in the dropping thread, not later inside some other request, and what eviction
+//! unlinks is freed by the evictor when it runs whole passes, and a few entries per decision
+//! when requests run the passes in pieces.
 
 mod common;
 
-use cache_aware_router::{CacheAwareConfig, CacheAwarePolicy, LoadBalancingPolicy, Tree};
+use cache_aware_router::{CacheAwareConfig, CacheAwarePolicy, LoadBalancingPolicy, Tree, Worker};
 use common::fleet;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
+use std::sync::Arc;
 
 struct Counting;
 
@@ -60,20 +62,30 @@ fn large_bytes_freed_in(f: impl FnOnce()) -> usize {
     FREED_LARGE_BYTES.with(Cell::get) - before
 }
 
-#[test]
-fn evicted_nodes_are_freed_by_the_evictor_not_by_requests() {
-    let policy = CacheAwarePolicy::with_config(CacheAwareConfig {
-        eviction_interval_secs: 1,
-        max_tree_size: 100_000,
-        ..CacheAwareConfig::default()
-    });
+/// A policy with a 100 K-char budget and 4 workers, and 3,000 distinct 8 KB prompts: every
+/// label the tree stores is at least 8 KB, and nothing else a routing thread frees is that large
+/// (the prompts are made, and later dropped, outside the measured loops).
+fn evicting_policy(whole_passes: bool) -> (CacheAwarePolicy, Vec<Arc<dyn Worker>>, Vec<String>) {
+    let policy = CacheAwarePolicy::builder()
+        .config(CacheAwareConfig {
+            eviction_interval_secs: 1,
+            max_tree_size: 100_000,
+            ..CacheAwareConfig::default()
+        })
+        .whole_passes_in_evictor(whole_passes)
+        .build()
+        .unwrap();
     let workers = fleet(4);
     policy.init_workers(&workers);
-    // Distinct 8 KB prompts, made (and later dropped) outside the measured loop: every label
-    // the tree stores is at least 8 KB, and nothing else this thread frees is that large.
-    let prompts: Vec<String> = (0..3000)
+    let prompts = (0..3000)
         .map(|i| format!("{i:05} {}", "y".repeat(8 * 1024)))
         .collect();
+    (policy, workers, prompts)
+}
+
+#[test]
+fn whole_passes_free_what_they_evict_in_the_evictor_not_in_requests() {
+    let (policy, workers, prompts) = evicting_policy(true);
     let freed_here = large_bytes_freed_in(|| {
         for p in &prompts {
             policy.select_worker(&workers, Some(p));
@@ -87,6 +99,36 @@ fn evicted_nodes_are_freed_by_the_evictor_not_by_requests() {
     assert!(
         freed_here < evicted / 10,
         "the routing thread freed {freed_here} bytes of large blocks; {evicted} chars were evicted"
+    );
+}
+
+/// With passes run in requests' pieces, a request frees what passes unlinked only a few entries
+/// at a time: no decision frees more than a few labels, however much the passes evict.
+#[test]
+fn pieces_free_what_passes_evict_a_few_entries_at_a_time() {
+    let (policy, workers, prompts) = evicting_policy(false);
+    let label = 8 * 1024 + 6;
+    let mut most = 0;
+    let freed_here = large_bytes_freed_in(|| {
+        for p in &prompts {
+            let freed = large_bytes_freed_in(|| {
+                policy.select_worker(&workers, Some(p));
+            });
+            most = most.max(freed);
+        }
+    });
+    let evicted = policy.metrics().evicted_chars;
+    assert!(
+        evicted > 1_000_000,
+        "the pieces evicted only {evicted} chars"
+    );
+    assert!(
+        freed_here > evicted / 10,
+        "the pieces freed only {freed_here} bytes of large blocks; {evicted} chars were evicted"
+    );
+    assert!(
+        most <= 16 * label,
+        "one decision freed {most} bytes of large blocks, over 16 labels"
     );
 }
 

@@ -1,7 +1,8 @@
 //! Stress: 8 threads for a few seconds (seeded), mixing inserts, matches, eviction, tenant
 //! removal and worker add/remove on one tree and one policy. Afterwards: the accounting
 //! invariant holds, and every text inserted by a tenant that was never evicted or removed still
-//! matches fully. `STRESS_MS` sets the duration (default 2000).
+//! matches fully. A second test has requests run the evictor's passes in pieces beside the
+//! splits their inserts make. `STRESS_MS` sets the duration (default 2000).
 
 mod common;
 
@@ -10,6 +11,14 @@ use common::{assert_accounting, fleet, text, Rng};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
+
+/// `STRESS_MS`, or 2 s.
+fn stress_millis() -> u64 {
+    std::env::var("STRESS_MS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2000)
+}
 
 fn long_shared_texts(rng: &mut Rng, n: usize) -> Vec<String> {
     let stems = [
@@ -32,10 +41,7 @@ fn long_shared_texts(rng: &mut Rng, n: usize) -> Vec<String> {
 
 #[test]
 fn eight_threads_mixing_everything() {
-    let millis: u64 = std::env::var("STRESS_MS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2000);
+    let millis = stress_millis();
     let tree = Tree::new();
     let stop = AtomicBool::new(false);
     // Protected tenants insert a fixed set that stays under the eviction budget, and are never
@@ -138,4 +144,47 @@ fn eight_threads_mixing_everything() {
         m.tree_chars
     );
     assert!(m.workers.iter().all(|w| w.in_flight == 0));
+}
+
+/// Requests run the evictor's passes in pieces (the default) while they insert texts that
+/// split the nodes those passes walked, for `STRESS_MS`: under AddressSanitizer
+/// (`.ci/sanitizers asan`) a piece that read a node freed between two pieces would be caught.
+/// Afterwards the passes have run, and evicted, and a final pass brings the tree within budget.
+#[test]
+fn four_threads_route_while_their_pieces_run_the_passes() {
+    let millis = stress_millis();
+    let policy = CacheAwarePolicy::with_config(CacheAwareConfig {
+        // Only budget wakes: the tick never comes while the test runs.
+        eviction_interval_secs: 3600,
+        max_tree_size: 50_000,
+        ..Default::default()
+    });
+    let workers = fleet(4);
+    policy.init_workers(&workers);
+    let stop = AtomicBool::new(false);
+    thread::scope(|s| {
+        for t in 0..4u64 {
+            let (stop, policy, workers) = (&stop, &policy, &workers);
+            s.spawn(move || {
+                let mut rng = Rng::new(100 + t);
+                let texts = long_shared_texts(&mut rng, 1000);
+                while !stop.load(Ordering::Relaxed) {
+                    let i = policy.select_worker(workers, Some(rng.pick(&texts).as_str()));
+                    assert!(i.is_some());
+                }
+            });
+        }
+        thread::sleep(Duration::from_millis(millis));
+        stop.store(true, Ordering::Relaxed);
+    });
+    let m = policy.metrics();
+    assert!(m.eviction_passes > 0, "no pass ran: {m:?}");
+    assert!(m.evicted_nodes > 0, "the passes evicted nothing: {m:?}");
+    policy.run_eviction();
+    let m = policy.metrics();
+    assert!(
+        m.tree_chars.iter().all(|(_, n)| *n <= 50_000),
+        "{:?}",
+        m.tree_chars
+    );
 }

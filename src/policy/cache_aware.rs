@@ -15,9 +15,9 @@ use crate::evictor::{Evictor, Housekeeper, Waker};
 use crate::metrics::{Counters, MetricsSnapshot, WorkerStats};
 use crate::sync::{AtomicU64, Ordering};
 use crate::tenant::TenantId;
-use crate::tree::{EvictionScratch, EvictionStats};
+use crate::tree::EvictionStats;
 use crate::worker::{LoadTicket, Worker};
-use crossbeam_epoch as epoch;
+use crossbeam_epoch::{self as epoch, Guard};
 use std::any::Any;
 use std::cell::Cell;
 use std::fmt;
@@ -26,7 +26,9 @@ use std::time::Duration;
 
 /// Routes by prefix-cache affinity while load is balanced, by load when it is not (the seed's
 /// `CacheAwarePolicy`), over per-model lock-free trees, with an evictor thread that stops when
-/// the policy is dropped.
+/// the policy is dropped. By default the evictor opens each eviction pass and requests run it
+/// in pieces of a few microseconds after their decisions (see
+/// [`CacheAwarePolicyBuilder::whole_passes_in_evictor`]).
 pub struct CacheAwarePolicy {
     shared: Arc<Shared>,
     evictor: Option<Evictor>,
@@ -39,6 +41,7 @@ pub struct CacheAwarePolicyBuilder {
     miss_rule: MissRule,
     selection: SelectionRule,
     tie_seed: Option<u64>,
+    whole_passes: bool,
 }
 
 impl CacheAwarePolicyBuilder {
@@ -68,6 +71,17 @@ impl CacheAwarePolicyBuilder {
         self
     }
 
+    /// Runs each eviction pass whole in the evictor thread, instead of opening it there and
+    /// leaving it to requests, which run it in pieces of a few microseconds after their
+    /// decisions (the default). A whole pass takes 60-170 us: where routing leaves a core idle
+    /// for the evictor that costs requests nothing, but where routing keeps every core busy
+    /// the pass lands inside some decision, which waits for all of it (BENCHMARKS.md section
+    /// 3 measures both).
+    pub fn whole_passes_in_evictor(mut self, whole: bool) -> Self {
+        self.whole_passes = whole;
+        self
+    }
+
     /// The policy; fails on an invalid config or if the evictor thread cannot start.
     pub fn build(self) -> Result<CacheAwarePolicy, ConfigError> {
         self.config.validate()?;
@@ -84,6 +98,7 @@ impl CacheAwarePolicyBuilder {
             tables: CowCell::new(Tables::default()),
             counters: Counters::new(),
             waker: (interval > 0).then_some(waker),
+            passes_in_requests: !self.whole_passes,
         });
         let evictor = if interval > 0 {
             let target: Arc<dyn Housekeeper> = shared.clone();
@@ -184,6 +199,8 @@ struct Shared {
     tables: CowCell<Tables>,
     counters: Counters,
     waker: Option<Waker>,
+    /// Whether requests run the evictor's passes in pieces (`tree/paced.rs`).
+    passes_in_requests: bool,
 }
 
 thread_local! {
@@ -343,13 +360,18 @@ impl Shared {
         Some((chosen.index, hit))
     }
 
-    /// Wakes the evictor once when `model`'s tree crosses its budget (one atomic load when not).
+    /// Wakes the evictor once when `model`'s tree crosses its budget (one atomic load when not),
+    /// and, when requests run the passes, a piece of the tree's pass if one is open
+    /// (`tree/paced.rs`), waking the evictor if the piece completes it.
     fn note_growth(&self, model: &ModelState) {
         if let Some(waker) = &self.waker {
             if model.tree.total_chars() > self.config.max_tree_size
                 && !model.wake_pending.load(Ordering::Relaxed)
                 && !model.wake_pending.swap(true, Ordering::Relaxed)
             {
+                waker.wake();
+            }
+            if self.passes_in_requests && model.tree.step_paced() {
                 waker.wake();
             }
         }
@@ -411,27 +433,25 @@ impl Shared {
         }
     }
 
-    fn evict_pass(&self, scratch: &mut EvictionScratch) -> EvictionStats {
-        let models: Vec<Arc<ModelState>> = {
-            let guard = epoch::pin();
-            self.tables.load(&guard).models.clone()
-        };
+    fn models(&self) -> Vec<Arc<ModelState>> {
+        let guard = epoch::pin();
+        self.tables.load(&guard).models.clone()
+    }
+
+    /// What a pass trims a tree over the budget to.
+    fn eviction_target(&self) -> usize {
         let budget = self.config.max_tree_size;
-        let target = budget - budget / crate::constants::EVICTION_HEADROOM_DIVISOR;
+        budget - budget / crate::constants::EVICTION_HEADROOM_DIVISOR
+    }
+
+    /// Every tree over the budget trimmed in whole passes, in this thread.
+    fn evict_pass(&self) -> EvictionStats {
         let mut total = EvictionStats::default();
-        // What earlier passes unlinked is freed here, in the evictor, before and after this
-        // one (see `tree/reclaim.rs`), never by a request.
-        scratch.free_unlinked();
-        for m in models {
-            m.wake_pending.store(false, Ordering::Relaxed);
-            if m.tree.total_chars() > budget {
-                let s = m.tree.evict_to_total_in(target, scratch);
-                total.detached += s.detached;
-                total.chars_freed += s.chars_freed;
-                total.nodes_removed += s.nodes_removed;
+        for m in self.models() {
+            if m.tree.total_chars() > self.config.max_tree_size {
+                total.add(m.tree.evict_to_total(self.eviction_target()));
             }
         }
-        scratch.free_unlinked();
         self.record(total);
         total
     }
@@ -447,8 +467,46 @@ impl Shared {
 }
 
 impl Housekeeper for Shared {
-    fn run_pass(&self, scratch: &mut EvictionScratch) {
-        self.evict_pass(scratch);
+    unsafe fn open_passes(&self, _anchor: &Guard) -> bool {
+        let mut opened = false;
+        for m in self.models() {
+            m.wake_pending.store(false, Ordering::Relaxed);
+            if m.tree.total_chars() > self.config.max_tree_size {
+                // SAFETY: the caller keeps `_anchor` pinned until `close_passes` returns.
+                let target = self.eviction_target();
+                unsafe {
+                    m.tree
+                        .open_paced(target, self.config.max_tree_size - target)
+                };
+                opened = true;
+            }
+        }
+        opened
+    }
+
+    fn passes_in_requests(&self) -> bool {
+        self.passes_in_requests
+    }
+
+    fn passes_done(&self) -> bool {
+        self.models().iter().all(|m| !m.tree.paced_open())
+    }
+
+    fn close_passes(&self, anchor: &Guard, finish: bool) {
+        let mut total = EvictionStats::default();
+        for m in self.models() {
+            total.add(m.tree.close_paced(anchor, finish));
+            // Requests that found the tree over budget while the pass ran may have set this
+            // and had their wake taken by the wait: the next one to find it over wakes again.
+            m.wake_pending.store(false, Ordering::Relaxed);
+        }
+        self.record(total);
+    }
+
+    fn free_unlinked(&self) {
+        for m in self.models() {
+            m.tree.free_paced();
+        }
     }
 }
 
@@ -586,7 +644,7 @@ impl CacheAwarePolicy {
     /// One eviction pass now, as the evictor thread runs it: every model tree over
     /// `max_tree_size` is trimmed, least recently used first, to 3/4 of it.
     pub fn run_eviction(&self) -> EvictionStats {
-        self.shared.evict_pass(&mut EvictionScratch::default())
+        self.shared.evict_pass()
     }
 
     /// The counters, per-worker load and tree sizes at this moment.

@@ -7,6 +7,7 @@
 //! - `node.rs`: nodes and the replace protocol (split, compact, unlink);
 //! - `walk.rs`: the match descent and the insert walk;
 //! - `maintain.rs`: eviction, tenant removal and whole-tree reports;
+//! - `paced.rs`: eviction passes run in pieces by requests, anchored by the evictor's pin;
 //! - `reclaim.rs`: evicted nodes freed by the evictor thread rather than by requests.
 //!
 //! The tree-wide char total is one atomic on its own cache line. It moves together with tenant
@@ -17,6 +18,7 @@ mod children;
 mod label;
 mod maintain;
 mod node;
+mod paced;
 mod reclaim;
 mod tenants;
 mod walk;
@@ -33,7 +35,6 @@ use std::collections::HashMap;
 use std::fmt;
 use walk::{Filter, Hint};
 
-pub(crate) use maintain::EvictionScratch;
 pub use maintain::EvictionStats;
 
 /// How a [`Tree`] is built.
@@ -128,6 +129,7 @@ pub(crate) struct Engine {
     registry: TenantRegistry,
     total: CachePadded<AtomicUsize>,
     clock: Clock,
+    paced: paced::PacedEviction,
 }
 
 impl Engine {
@@ -195,6 +197,7 @@ impl Tree {
                 registry: TenantRegistry::new(),
                 total: CachePadded::new(AtomicUsize::new(0)),
                 clock: config.clock,
+                paced: paced::PacedEviction::new(),
             },
         })
     }
@@ -301,17 +304,7 @@ impl Tree {
     /// Detaches tenants from their least recently used leaves, all tenants in one LRU order,
     /// until the whole tree holds at most `max_total` chars: the per-tree budget.
     pub fn evict_to_total(&self, max_total: usize) -> EvictionStats {
-        self.engine
-            .evict_to_total(max_total, &mut EvictionScratch::default())
-    }
-
-    /// [`Tree::evict_to_total`] in buffers the caller keeps from one pass to the next.
-    pub(crate) fn evict_to_total_in(
-        &self,
-        max_total: usize,
-        scratch: &mut EvictionScratch,
-    ) -> EvictionStats {
-        self.engine.evict_to_total(max_total, scratch)
+        self.engine.evict_to_total(max_total)
     }
 
     // ----- seed-compatible API -----

@@ -9,9 +9,10 @@
 //! labels), and routing p99 was 2.3–2.6x its value without eviction (1.2–1.4x since).
 //!
 //! So a pass collects what it unlinks into an [`Unlinked`] batch, and defers only the hand-back
-//! of the whole batch: one channel send is all a collecting request does for it. The evictor
-//! drops the batches that came back before and after each pass ([`Reclaimer::free_returned`]),
-//! which frees them in its own thread.
+//! of the whole batch: one channel send is all a collecting request does for it. The batches
+//! that came back are freed a few entries at a time by the pieces of the next paced pass
+//! ([`Reclaimer::free_some`], bounded like the rest of a piece), and whatever is left by the
+//! evictor when it ticks with no pass to open ([`Reclaimer::free_returned`]).
 //!
 //! Ownership decides who frees, so every entry is freed exactly once and never early:
 //! - an [`Unlinked`] batch (grace period not yet begun) that is dropped without being handed
@@ -81,6 +82,29 @@ impl Drop for Unlinked {
 /// A batch past its grace period: dropping it frees its entries.
 struct Returned(Entries);
 
+impl Returned {
+    /// Frees up to `count` entries; returns how many it freed.
+    fn free_some(&mut self, count: usize) -> usize {
+        let Entries { nodes, arrays } = &mut self.0;
+        let mut freed = 0;
+        while freed < count {
+            // SAFETY: as in `drop`; each entry is taken out of the batch before it is freed, so
+            // it is freed once.
+            unsafe {
+                if let Some(data) = nodes.pop() {
+                    drop(Owned::<Node>::from_usize(data));
+                } else if let Some(data) = arrays.pop() {
+                    drop(Owned::<ChildArray>::from_usize(data));
+                } else {
+                    break;
+                }
+            }
+            freed += 1;
+        }
+        freed
+    }
+}
+
 impl Drop for Returned {
     fn drop(&mut self) {
         // SAFETY: a `Returned` is only made inside a deferred function (after every reader that
@@ -96,7 +120,7 @@ impl Drop for Returned {
     }
 }
 
-/// The evictor's end of the hand-back: batches deferred by its passes come back here.
+/// The owner's end of the hand-back: batches deferred by its passes come back here.
 #[cfg_attr(router_loom, derive(Default))]
 pub(crate) struct Reclaimer {
     #[cfg(not(router_loom))]
@@ -104,6 +128,9 @@ pub(crate) struct Reclaimer {
         crossbeam_channel::Sender<Returned>,
         crossbeam_channel::Receiver<Returned>,
     ),
+    /// A batch that came back and is being freed a few entries at a time.
+    #[cfg(not(router_loom))]
+    freeing: Option<Returned>,
 }
 
 #[cfg(not(router_loom))]
@@ -111,6 +138,7 @@ impl Default for Reclaimer {
     fn default() -> Self {
         Self {
             returned: crossbeam_channel::unbounded(),
+            freeing: None,
         }
     }
 }
@@ -136,8 +164,34 @@ impl Reclaimer {
     }
 
     /// Frees every batch that has come back, in this thread.
-    pub(crate) fn free_returned(&self) {
+    pub(crate) fn free_returned(&mut self) {
         #[cfg(not(router_loom))]
-        self.returned.1.try_iter().for_each(drop);
+        {
+            self.freeing = None;
+            self.returned.1.try_iter().for_each(drop);
+        }
+    }
+
+    /// Frees up to `count` entries of the batches that have come back, in this thread; returns
+    /// how many it freed.
+    pub(crate) fn free_some(&mut self, count: usize) -> usize {
+        let mut freed = 0;
+        #[cfg(not(router_loom))]
+        while freed < count {
+            if self.freeing.is_none() {
+                self.freeing = self.returned.1.try_recv().ok();
+            }
+            let Some(batch) = &mut self.freeing else {
+                break;
+            };
+            let n = batch.free_some(count - freed);
+            if n == 0 {
+                self.freeing = None;
+            }
+            freed += n;
+        }
+        #[cfg(router_loom)]
+        let _ = count;
+        freed
     }
 }
