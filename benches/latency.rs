@@ -168,14 +168,14 @@ fn median_floor(texts: &[String]) -> f64 {
     start.elapsed().as_nanos() as f64 / reps as f64
 }
 
-/// The largest tree size a sampler saw (every 50 us) while `router` replayed `texts` once on
-/// 2 threads, as a multiple of `budget`. The sampler is a third thread, so these replays are
-/// separate from the timed ones.
-fn peak_over_budget(router: &Ours, texts: &[String], budget: usize) -> f64 {
+/// The largest and the mean tree size a sampler saw (every 50 us) while `router` replayed
+/// `texts` once on 2 threads, as multiples of `budget`. The sampler is a third thread, so these
+/// replays are separate from the timed ones.
+fn tree_over_budget(router: &Ours, texts: &[String], budget: usize) -> (f64, f64) {
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
         let sampler = s.spawn(|| {
-            let mut peak = 0;
+            let (mut peak, mut sum, mut samples) = (0, 0, 0);
             while !stop.load(Ordering::Relaxed) {
                 let size = router
                     .policy
@@ -183,14 +183,15 @@ fn peak_over_budget(router: &Ours, texts: &[String], budget: usize) -> f64 {
                     .tree_chars
                     .first()
                     .map_or(0, |t| t.1);
-                peak = peak.max(size);
+                (peak, sum, samples) = (peak.max(size), sum + size, samples + 1);
                 std::thread::sleep(Duration::from_micros(50));
             }
-            peak
+            (peak, sum / samples.max(1))
         });
         record(router, texts, 1, 2);
         stop.store(true, Ordering::Relaxed);
-        sampler.join().unwrap() as f64 / budget as f64
+        let (peak, mean) = sampler.join().unwrap();
+        (peak as f64 / budget as f64, mean as f64 / budget as f64)
     })
 }
 
@@ -323,19 +324,20 @@ fn main() {
         ratio(&whole_evict, &cold_plain, 0.99),
         ratio(&whole_evict_1t, &cold_plain_1t, 0.99),
     );
-    let peaks = |whole: bool| {
+    let sizes = |whole: bool| {
         (0..5)
             .map(|_| {
                 let router = Ours::with_passes(8, 1, budget, whole);
-                format!("{:.2}", peak_over_budget(&router, &texts, budget))
+                let (peak, mean) = tree_over_budget(&router, &texts, budget);
+                format!("{peak:.2} ({mean:.2})")
             })
             .collect::<Vec<_>>()
             .join(", ")
     };
     println!(
-        "peak tree size / budget in 5 cold 2-thread replays each (sampled every 50 us): pieces {}; whole passes {}",
-        peaks(false),
-        peaks(true)
+        "tree size / budget, peak (mean), in 5 cold 2-thread replays each (sampled every 50 us): pieces {}; whole passes {}",
+        sizes(false),
+        sizes(true)
     );
     println!(
         "ours p99.9 / floor p99.9 (no eviction): {:.1}x; baseline p99.9 / ours p99.9 (evicting): {:.0}x; p50: {:.0}x",
