@@ -24,9 +24,10 @@
 //! finishes them in one run.
 //!
 //! Routing never waits for the evictor: passes change the trees with the same lock-free
-//! operations requests use, requests only `try_lock` a pass, and the evictor frees what the
-//! passes unlink itself, before and after each run, once the epoch says no reader holds it
-//! (`tree/reclaim.rs`).
+//! operations requests use, and requests only `try_lock` a pass. What passes unlink is freed
+//! once the epoch says no reader holds it (`tree/reclaim.rs`): a few entries per piece, and
+//! what is left by the evictor on a tick; with whole passes, by the evictor before and after
+//! each run.
 
 use crate::constants::PACED_DEADLINE;
 use crate::sync::thread;

@@ -55,8 +55,9 @@ struct Seen {
     root: *const Node,
 }
 
-/// The buffers an eviction pass works in, all of which grow with the tree. The evictor thread
-/// keeps one for its whole life, so in steady state a pass allocates none of them again (what
+/// The buffers an eviction pass works in, all of which grow with the tree. Each tree keeps one
+/// in its paced pass (`paced.rs`) for its whole life, so in steady state a pass allocates none
+/// of them again (what
 /// it still allocates is the child arrays that unlinking rebuilds). Under an insert-heavy load
 /// passes run hundreds of times a second, and each used to regrow and free buffers of a few
 /// hundred KiB.

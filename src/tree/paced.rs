@@ -30,8 +30,9 @@
 //! mutex orders everything the pass holds, so `Relaxed` suffices. A request that reads a stale
 //! `false` skips a piece; one that reads a stale `true` finds the pass done under the lock.
 //!
-//! What a pass unlinks goes into its batch (`reclaim.rs`), handed off at close under the anchor
-//! and freed by the evictor after the grace period.
+//! What a pass unlinks goes into its batch (`reclaim.rs`), handed off at close under the anchor;
+//! after the grace period the pieces of later passes free it, `PACED_FREE_ENTRIES` at a time
+//! (the evictor frees what is left when it ticks).
 
 use super::maintain::Pass;
 use super::{EvictionStats, Tree};
@@ -90,8 +91,8 @@ impl Tree {
     /// Runs one piece of the open pass, unless none is open or another thread is running a
     /// piece. Returns whether this piece completed the pass (the caller wakes the evictor).
     ///
-    /// A piece is `PACED_PIECE_WORK` while the tree is within a headroom of its target (at
-    /// most its budget), and that many times more for every further headroom it is over: when
+    /// A piece is `PACED_PIECE_WORK` times the number of whole `PACED_SCALE_HEADROOMS`
+    /// headrooms (budget minus target) the tree is over its target, and at least once: when
     /// inserts outrun the pieces (new text on every request), the pieces grow until eviction
     /// keeps up, instead of the tree growing without bound.
     pub(crate) fn step_paced(&self) -> bool {
