@@ -97,6 +97,11 @@ pub(crate) const PACED_SCALE_HEADROOMS: usize = 2;
 /// couple of hundred pieces, so pieces free what passes unlink.
 pub(crate) const PACED_FREE_ENTRIES: usize = 8;
 
+/// Fewest eviction candidates a whole pass sorts at once (see `maintain::LruQueue`). A pass
+/// usually takes a few hundred; batches grow from a little above what the previous pass took,
+/// and 64 keeps a pass on a small tree from sorting a handful at a time.
+pub(crate) const MIN_LRU_BATCH: usize = 64;
+
 /// Work units per candidate taken in a paced piece (see `PACED_PIECE_WORK`).
 pub(crate) const PACED_POP_WORK: usize = 2;
 
