@@ -84,6 +84,8 @@ fn record(router: &dyn Router, texts: &[String], passes: usize, threads: usize) 
 struct Evicted {
     passes: usize,
     nodes: usize,
+    /// Passes the evictor finished itself (requests had not within its deadline).
+    by_evictor: usize,
 }
 
 /// Replays `texts` `passes` times, each through a fresh router from `make` (built and dropped
@@ -102,6 +104,7 @@ fn record_cold(
         let m = router.policy.metrics();
         evicted.passes += m.eviction_passes;
         evicted.nodes += m.evicted_nodes;
+        evicted.by_evictor += m.passes_finished_by_evictor;
         drop(router);
         match &mut total {
             None => total = Some(run),
@@ -294,8 +297,8 @@ fn main() {
     std::mem::forget(base);
 
     println!(
-        "\nours, evicting: {} passes removed {} nodes ({} chars); ours cold, evicting: {} passes removed {} nodes; whole passes cold: {} passes removed {} nodes;",
-        m.eviction_passes, m.evicted_nodes, m.evicted_chars, cold_evicted.passes, cold_evicted.nodes, whole_evicted.passes, whole_evicted.nodes
+        "\nours, evicting: {} passes ({} finished by the evictor) removed {} nodes ({} chars); ours cold, evicting: {} passes ({} by the evictor) removed {} nodes; whole passes cold: {} passes removed {} nodes;",
+        m.eviction_passes, m.passes_finished_by_evictor, m.evicted_nodes, m.evicted_chars, cold_evicted.passes, cold_evicted.by_evictor, cold_evicted.nodes, whole_evicted.passes, whole_evicted.nodes
     );
     if let Some(ms) = evictor_ms {
         println!(

@@ -55,6 +55,7 @@ pub(crate) struct Counters {
     pub(crate) eviction_passes: AtomicUsize,
     pub(crate) evicted_chars: AtomicUsize,
     pub(crate) evicted_nodes: AtomicUsize,
+    pub(crate) passes_finished_by_evictor: AtomicUsize,
 }
 
 impl Counters {
@@ -67,6 +68,7 @@ impl Counters {
             eviction_passes: AtomicUsize::new(0),
             evicted_chars: AtomicUsize::new(0),
             evicted_nodes: AtomicUsize::new(0),
+            passes_finished_by_evictor: AtomicUsize::new(0),
         }
     }
 }
@@ -105,6 +107,11 @@ pub struct MetricsSnapshot {
     pub evicted_chars: usize,
     /// Tree nodes unlinked by eviction.
     pub evicted_nodes: usize,
+    /// Passes the evictor finished itself because requests had not run them to the end within
+    /// 5 ms of their opening: where requests run the passes in pieces (the default), a sign of
+    /// too little traffic to carry them (harmless: the evictor then has the cores), or of
+    /// pieces that do not run. Always 0 with whole passes in the evictor.
+    pub passes_finished_by_evictor: usize,
     /// Chars stored per model tree.
     pub tree_chars: Vec<(String, usize)>,
     /// Per registered worker (removed workers are left out).

@@ -326,6 +326,61 @@ fn crossing_the_budget_wakes_the_evictor_early() {
     assert!(policy.metrics().tree_chars[0].1 <= 1_000);
 }
 
+/// Requests run the evictor's passes in pieces; when none comes after the one that crossed the
+/// budget, the evictor finishes the pass itself after its deadline (5 ms), and says so.
+#[test]
+fn a_pass_no_request_carries_is_finished_by_the_evictor() {
+    let policy = CacheAwarePolicy::with_config(CacheAwareConfig {
+        max_tree_size: 3_000,
+        eviction_interval_secs: 3600, // the tick alone would never come
+        ..no_evictor()
+    });
+    let ws = workers(2, "");
+    // 90 leaves under the budget: far more than one piece can walk.
+    for i in 0..90 {
+        policy.select_worker(&ws, Some(&format!("{i:03}{}", "y".repeat(28))));
+    }
+    assert_eq!(policy.metrics().eviction_passes, 0);
+    // One long text crosses the budget and wakes the evictor; no request follows.
+    policy.select_worker(&ws, Some(&"z".repeat(600)));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while policy.metrics().eviction_passes == 0 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(5));
+    }
+    let m = policy.metrics();
+    assert_eq!(m.eviction_passes, 1, "{m:?}");
+    assert_eq!(m.passes_finished_by_evictor, 1, "{m:?}");
+    assert!(m.tree_chars[0].1 <= 3_000 - 3_000 / 4, "{m:?}");
+}
+
+/// With whole passes in the evictor, no pass is left to requests, so none is counted as
+/// finished by the evictor, and the budget still holds.
+#[test]
+fn whole_passes_leave_nothing_to_requests() {
+    let policy = CacheAwarePolicy::builder()
+        .config(CacheAwareConfig {
+            max_tree_size: 3_000,
+            eviction_interval_secs: 3600,
+            ..no_evictor()
+        })
+        .whole_passes_in_evictor(true)
+        .build()
+        .unwrap();
+    let ws = workers(2, "");
+    for i in 0..200 {
+        policy.select_worker(&ws, Some(&format!("{i:03}{}", "y".repeat(28))));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while policy.metrics().eviction_passes == 0 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(5));
+    }
+    let m = policy.metrics();
+    assert!(m.eviction_passes >= 1, "{m:?}");
+    assert_eq!(m.passes_finished_by_evictor, 0, "{m:?}");
+    policy.run_eviction();
+    assert!(policy.metrics().tree_chars[0].1 <= 3_000);
+}
+
 fn thread_count() -> usize {
     std::fs::read_to_string("/proc/self/status")
         .unwrap()

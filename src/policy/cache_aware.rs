@@ -495,7 +495,12 @@ impl Housekeeper for Shared {
     fn close_passes(&self, anchor: &Guard, finish: bool) {
         let mut total = EvictionStats::default();
         for m in self.models() {
-            total.add(m.tree.close_paced(anchor, finish));
+            let (stats, finished_here) = m.tree.close_paced(anchor, finish);
+            total.add(stats);
+            if finished_here && self.passes_in_requests {
+                let c = &self.counters.passes_finished_by_evictor;
+                c.fetch_add(1, Ordering::Relaxed);
+            }
             // Requests that found the tree over budget while the pass ran may have set this
             // and had their wake taken by the wait: the next one to find it over wakes again.
             m.wake_pending.store(false, Ordering::Relaxed);
@@ -686,6 +691,7 @@ impl CacheAwarePolicy {
             eviction_passes,
             evicted_chars: c.evicted_chars.load(Ordering::Relaxed),
             evicted_nodes: c.evicted_nodes.load(Ordering::Relaxed),
+            passes_finished_by_evictor: c.passes_finished_by_evictor.load(Ordering::Relaxed),
             tree_chars: tables
                 .models
                 .iter()

@@ -121,11 +121,13 @@ impl Tree {
     }
 
     /// Closes the paced pass: finishes what is left in this thread if `finish`, stops it, and
-    /// hands what it unlinked to the reclaimer under `anchor`. Returns what the pass did.
-    pub(crate) fn close_paced(&self, anchor: &Guard, finish: bool) -> EvictionStats {
+    /// hands what it unlinked to the reclaimer under `anchor`. Returns what the pass did, and
+    /// whether this call finished work the pass had left.
+    pub(crate) fn close_paced(&self, anchor: &Guard, finish: bool) -> (EvictionStats, bool) {
         let mut paced = self.engine.paced.lock();
         let pass = &mut paced.pass;
-        if finish && !pass.is_done() {
+        let finished_here = finish && !pass.is_done();
+        if finished_here {
             // SAFETY: the pass is open, so its anchor is still pinned (`open_paced`'s contract:
             // until this call returns).
             unsafe { self.engine.advance(pass, anchor, usize::MAX) };
@@ -133,7 +135,7 @@ impl Tree {
         pass.stop();
         self.engine.paced.open.store(false, Ordering::Relaxed);
         pass.scratch.hand_off_unlinked(anchor);
-        std::mem::take(&mut pass.stats)
+        (std::mem::take(&mut pass.stats), finished_here)
     }
 
     /// Frees what earlier paced passes unlinked whose grace period has passed, in this thread.
@@ -188,8 +190,9 @@ mod tests {
             assert!(pieces < 100_000, "the pass never finished");
         }
         assert!(!paced.paced_open(), "a finished pass is no longer open");
-        let stats = paced.close_paced(&anchor, true);
+        let (stats, finished_here) = paced.close_paced(&anchor, true);
         drop(anchor);
+        assert!(!finished_here, "the pieces had finished it");
 
         assert!(pieces > 20, "{pieces} pieces: the pass was not cut up");
         assert_eq!(stats, expected);
@@ -207,13 +210,15 @@ mod tests {
         let anchor = epoch::pin();
         // SAFETY: `anchor` stays pinned until after `close_paced`.
         unsafe { tree.open_paced(target, target / 3) };
-        let stats = tree.close_paced(&anchor, true);
+        let (stats, finished_here) = tree.close_paced(&anchor, true);
+        assert!(finished_here);
         assert!(stats.nodes_removed > 0);
         assert!(tree.total_chars() <= target);
 
         // SAFETY: as above.
         unsafe { tree.open_paced(0, 1) };
-        let stats = tree.close_paced(&anchor, false);
+        let (stats, finished_here) = tree.close_paced(&anchor, false);
+        assert!(!finished_here);
         assert_eq!(
             stats.nodes_removed, 0,
             "a pass closed unfinished does nothing more"
