@@ -302,6 +302,14 @@ fn run_eviction_keeps_every_tree_under_its_budget() {
     assert_eq!(policy.metrics().evicted_chars, stats.chars_freed);
 }
 
+/// Waits (up to 10 s) until the policy has counted an eviction pass.
+fn wait_for_a_pass(policy: &CacheAwarePolicy) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while policy.metrics().eviction_passes == 0 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
 #[test]
 fn crossing_the_budget_wakes_the_evictor_early() {
     let policy = CacheAwarePolicy::with_config(CacheAwareConfig {
@@ -313,10 +321,7 @@ fn crossing_the_budget_wakes_the_evictor_early() {
     for i in 0..100 {
         policy.select_worker(&ws, Some(&format!("{i:03} {}", "y".repeat(30))));
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while policy.metrics().eviction_passes == 0 && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(5));
-    }
+    wait_for_a_pass(&policy);
     assert!(
         policy.metrics().eviction_passes >= 1,
         "the evictor was not woken"
@@ -343,10 +348,7 @@ fn a_pass_no_request_carries_is_finished_by_the_evictor() {
     assert_eq!(policy.metrics().eviction_passes, 0);
     // One long text crosses the budget and wakes the evictor; no request follows.
     policy.select_worker(&ws, Some(&"z".repeat(600)));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while policy.metrics().eviction_passes == 0 && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(5));
-    }
+    wait_for_a_pass(&policy);
     let m = policy.metrics();
     assert_eq!(m.eviction_passes, 1, "{m:?}");
     assert_eq!(m.passes_finished_by_evictor, 1, "{m:?}");
@@ -370,10 +372,7 @@ fn whole_passes_leave_nothing_to_requests() {
     for i in 0..200 {
         policy.select_worker(&ws, Some(&format!("{i:03}{}", "y".repeat(28))));
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while policy.metrics().eviction_passes == 0 && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(5));
-    }
+    wait_for_a_pass(&policy);
     let m = policy.metrics();
     assert!(m.eviction_passes >= 1, "{m:?}");
     assert_eq!(m.passes_finished_by_evictor, 0, "{m:?}");

@@ -472,8 +472,8 @@ impl Housekeeper for Shared {
         for m in self.models() {
             m.wake_pending.store(false, Ordering::Relaxed);
             if m.tree.total_chars() > self.config.max_tree_size {
-                // SAFETY: the caller keeps `_anchor` pinned until `close_passes` returns.
                 let target = self.eviction_target();
+                // SAFETY: the caller keeps `_anchor` pinned until `close_passes` returns.
                 unsafe {
                     m.tree
                         .open_paced(target, self.config.max_tree_size - target)
