@@ -333,6 +333,38 @@ fn crossing_the_budget_wakes_the_evictor_early() {
 
 /// Requests run the evictor's passes in pieces; when none comes after the one that crossed the
 /// budget, the evictor finishes the pass itself after its deadline (5 ms), and says so.
+/// Requests' pieces close the passes they finish, without waking the evictor, so a wake that
+/// comes while the evictor still waits on a pass already closed is taken by that wait: the
+/// evictor must still give the tree its next pass. With the tick an hour away, a lost wake
+/// would leave the tree over budget and the passes stopped.
+#[test]
+fn passes_keep_coming_while_requests_close_them() {
+    let budget = 20_000;
+    let policy = CacheAwarePolicy::with_config(CacheAwareConfig {
+        max_tree_size: budget,
+        eviction_interval_secs: 3600,
+        ..no_evictor()
+    });
+    let ws = workers(4, "");
+    for i in 0..20_000 {
+        policy.select_worker(&ws, Some(&format!("{i:05} {}", "z".repeat(200))));
+    }
+    // No more traffic: the last pass, if open, is finished by the evictor at its deadline.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while policy.metrics().tree_chars[0].1 > budget && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(5));
+    }
+    let m = policy.metrics();
+    assert!(
+        m.tree_chars[0].1 <= budget,
+        "left over budget: {} chars",
+        m.tree_chars[0].1
+    );
+    // 4 M chars inserted: a pass that trimmed from the budget to its target (5 K chars less)
+    // each time would take 800 passes; overshoot makes them fewer and larger.
+    assert!(m.eviction_passes >= 20, "only {} passes", m.eviction_passes);
+}
+
 #[test]
 fn a_pass_no_request_carries_is_finished_by_the_evictor() {
     let policy = CacheAwarePolicy::with_config(CacheAwareConfig {

@@ -64,7 +64,7 @@ fn dropping_the_policy_during_a_pass_joins_the_evictor() {
 /// budget, the evictor opens a pass even though the tick never comes (loom's timed waits never
 /// time out), the requests that follow run it in pieces (routing an empty text inserts
 /// nothing, so the tree stays over budget only until the pass), and the piece that finishes it
-/// wakes the evictor, which closes it.
+/// closes and records it.
 #[test]
 fn a_wake_sent_while_the_evictor_sleeps_is_never_lost() {
     model_with_routing_loop(|| {
@@ -75,6 +75,28 @@ fn a_wake_sent_while_the_evictor_sleeps_is_never_lost() {
         while p.metrics().eviction_passes == 0 {
             drop(p.route("", "").unwrap());
             thread::yield_now();
+        }
+        let m = p.metrics();
+        assert!(m.tree_chars[0].1 <= 1, "{m:?}");
+    });
+}
+
+/// Model 11: a crossing whose wake the evictor takes while it still waits on a pass that the
+/// pass's last piece has closed gets its own pass: the evictor looks at the trees after each
+/// run (`needs_pass`). Without that look it would sleep with the tree over budget and the
+/// flag that silences further wakes set, and this model would never end.
+#[test]
+fn a_crossing_after_a_piece_closed_the_pass_gets_the_next_pass() {
+    model_with_routing_loop(|| {
+        let p = policy(3600, 1);
+        let w: Arc<dyn Worker> = Arc::new(BasicWorkerBuilder::new("http://w").build());
+        p.register_worker(w).unwrap();
+        for (text, passes) in [("ab", 1), ("cd", 2)] {
+            drop(p.route("", text).unwrap());
+            while p.metrics().eviction_passes < passes {
+                drop(p.route("", "").unwrap());
+                thread::yield_now();
+            }
         }
         let m = p.metrics();
         assert!(m.tree_chars[0].1 <= 1, "{m:?}");

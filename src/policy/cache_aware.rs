@@ -361,8 +361,9 @@ impl Shared {
     }
 
     /// Wakes the evictor once when `model`'s tree crosses its budget (one atomic load when not),
-    /// and, when requests run the passes, a piece of the tree's pass if one is open
-    /// (`tree/paced.rs`), waking the evictor if the piece completes it.
+    /// and, when requests run the passes, runs a piece of the tree's pass if one is open
+    /// (`tree/paced.rs`). The piece that completes the pass closes it and records it here,
+    /// without a wake (a syscall in this request): the evictor finds it closed.
     fn note_growth(&self, model: &ModelState) {
         if let Some(waker) = &self.waker {
             if model.tree.total_chars() > self.config.max_tree_size
@@ -371,8 +372,13 @@ impl Shared {
             {
                 waker.wake();
             }
-            if self.passes_in_requests && model.tree.step_paced() {
-                waker.wake();
+            if self.passes_in_requests {
+                if let Some(stats) = model.tree.step_paced() {
+                    // The pass is closed: the next request to find the tree over budget wakes
+                    // the evictor for another.
+                    model.wake_pending.store(false, Ordering::Relaxed);
+                    self.record(stats);
+                }
             }
         }
     }
@@ -470,8 +476,9 @@ impl Housekeeper for Shared {
     unsafe fn open_passes(&self, _anchor: &Guard) -> bool {
         let mut opened = false;
         for m in self.models() {
-            m.wake_pending.store(false, Ordering::Relaxed);
             if m.tree.total_chars() > self.config.max_tree_size {
+                // Until the pass closes, requests that find the tree over budget need not wake.
+                m.wake_pending.store(true, Ordering::Relaxed);
                 let target = self.eviction_target();
                 // SAFETY: the caller keeps `_anchor` pinned until `close_passes` returns.
                 unsafe {
@@ -494,24 +501,44 @@ impl Housekeeper for Shared {
 
     fn close_passes(&self, anchor: &Guard, finish: bool) {
         let mut total = EvictionStats::default();
+        let mut closed = false;
         for m in self.models() {
-            let (stats, finished_here) = m.tree.close_paced(anchor, finish);
+            // `None`: the pass's last piece closed (and recorded) it, or none was open.
+            let Some((stats, finished_here)) = m.tree.close_paced(anchor, finish) else {
+                continue;
+            };
+            closed = true;
             total.add(stats);
             if finished_here && self.passes_in_requests {
                 let c = &self.counters.passes_finished_by_evictor;
                 c.fetch_add(1, Ordering::Relaxed);
             }
-            // Requests that found the tree over budget while the pass ran may have set this
-            // and had their wake taken by the wait: the next one to find it over wakes again.
+            // The next request to find the tree over budget wakes the evictor again.
             m.wake_pending.store(false, Ordering::Relaxed);
         }
-        self.record(total);
+        if closed {
+            self.record(total);
+        }
     }
 
     fn free_unlinked(&self) {
         for m in self.models() {
             m.tree.free_paced();
         }
+    }
+
+    fn needs_pass(&self) -> bool {
+        let mut over = false;
+        for m in self.models() {
+            if m.tree.total_chars() > self.config.max_tree_size {
+                over = true;
+            } else {
+                // No pass is open: a flag left set (by a request whose wake this run took, on
+                // a tree that a worker's removal has since shrunk) must not silence the next.
+                m.wake_pending.store(false, Ordering::Relaxed);
+            }
+        }
+        over
     }
 }
 
