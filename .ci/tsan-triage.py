@@ -29,6 +29,9 @@ CLASSES = [
      lambda w, p, b: "crossbeam_channel::" in w and "crossbeam_channel::" in p),
     ("epoch-deferred free racing a pinned reader (the epoch's SeqCst fences are invisible)",
      lambda w, p, b: "crossbeam_epoch::deferred" in w or "Global>::collect" in w),
+    ("a paced pass's state under its std Mutex: pieces take it with try_lock, the evictor's "
+     "close_paced with lock(), whose contended path is inside uninstrumented std",
+     lambda w, p, b: "Tree>::close_paced" in w + p and "Tree>::step_paced" in w + p),
 ]
 
 
