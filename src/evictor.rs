@@ -286,9 +286,9 @@ impl Evictor {
             .spawn(move || {
                 let mut event = mailbox.wait(interval);
                 while event != Event::Stop && run_passes(&*target, &mailbox, event) {
-                    // A wake that came while the passes ran was taken by the wait there
-                    // (passes close in requests, so it may not have found one to watch): a
-                    // tree over budget now gets its pass at once.
+                    // The wait in `run_passes` may have taken a wake meant for the next pass
+                    // (the last piece had closed this one already): a tree over its budget
+                    // gets that pass now.
                     event = if target.needs_pass() {
                         Event::Wake
                     } else {

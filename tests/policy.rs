@@ -303,6 +303,16 @@ fn run_eviction_keeps_every_tree_under_its_budget() {
 }
 
 /// Waits (up to 10 s) until the policy has counted an eviction pass.
+/// A policy with `budget` chars per tree whose evictor ticks once an hour: within a test it
+/// runs only when a request wakes it.
+fn hour_tick_policy(budget: usize) -> CacheAwarePolicy {
+    CacheAwarePolicy::with_config(CacheAwareConfig {
+        max_tree_size: budget,
+        eviction_interval_secs: 3600,
+        ..no_evictor()
+    })
+}
+
 fn wait_for_a_pass(policy: &CacheAwarePolicy) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while policy.metrics().eviction_passes == 0 && Instant::now() < deadline {
@@ -312,11 +322,7 @@ fn wait_for_a_pass(policy: &CacheAwarePolicy) {
 
 #[test]
 fn crossing_the_budget_wakes_the_evictor_early() {
-    let policy = CacheAwarePolicy::with_config(CacheAwareConfig {
-        max_tree_size: 1_000,
-        eviction_interval_secs: 3600, // the tick alone would never come
-        ..no_evictor()
-    });
+    let policy = hour_tick_policy(1_000);
     let ws = workers(2, "");
     for i in 0..100 {
         policy.select_worker(&ws, Some(&format!("{i:03} {}", "y".repeat(30))));
@@ -331,8 +337,6 @@ fn crossing_the_budget_wakes_the_evictor_early() {
     assert!(policy.metrics().tree_chars[0].1 <= 1_000);
 }
 
-/// Requests run the evictor's passes in pieces; when none comes after the one that crossed the
-/// budget, the evictor finishes the pass itself after its deadline (5 ms), and says so.
 /// Requests' pieces close the passes they finish, without waking the evictor, so a wake that
 /// comes while the evictor still waits on a pass already closed is taken by that wait: the
 /// evictor must still give the tree its next pass. With the tick an hour away, a lost wake
@@ -340,11 +344,7 @@ fn crossing_the_budget_wakes_the_evictor_early() {
 #[test]
 fn passes_keep_coming_while_requests_close_them() {
     let budget = 20_000;
-    let policy = CacheAwarePolicy::with_config(CacheAwareConfig {
-        max_tree_size: budget,
-        eviction_interval_secs: 3600,
-        ..no_evictor()
-    });
+    let policy = hour_tick_policy(budget);
     let ws = workers(4, "");
     for i in 0..20_000 {
         policy.select_worker(&ws, Some(&format!("{i:05} {}", "z".repeat(200))));
@@ -365,13 +365,11 @@ fn passes_keep_coming_while_requests_close_them() {
     assert!(m.eviction_passes >= 20, "only {} passes", m.eviction_passes);
 }
 
+/// Requests run the evictor's passes in pieces; when none comes after the one that crossed the
+/// budget, the evictor finishes the pass itself after its deadline (5 ms), and says so.
 #[test]
 fn a_pass_no_request_carries_is_finished_by_the_evictor() {
-    let policy = CacheAwarePolicy::with_config(CacheAwareConfig {
-        max_tree_size: 3_000,
-        eviction_interval_secs: 3600, // the tick alone would never come
-        ..no_evictor()
-    });
+    let policy = hour_tick_policy(3_000);
     let ws = workers(2, "");
     // 90 leaves under the budget: far more than one piece can walk.
     for i in 0..90 {
