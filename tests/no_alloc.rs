@@ -10,7 +10,7 @@ use cache_aware_router::{CacheAwareConfig, CacheAwarePolicy, LoadBalancingPolicy
 use common::fleet;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 struct Counting;
 
@@ -43,6 +43,20 @@ unsafe impl GlobalAlloc for Counting {
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
+
+/// Runs `test` alone and leaves crossbeam-epoch's garbage queue drained. What these tests count
+/// is what one thread frees, and that queue is the process's: a pin in one test's thread can run
+/// the frees another test (its trees' replaced nodes, its passes' batches) deferred.
+fn isolated(test: impl FnOnce()) {
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    test();
+    // Each flush pushes this thread's bag, advances the epoch if it can and frees a few expired
+    // bags; the policies the test built are dropped, their evictors joined.
+    for _ in 0..1024 {
+        crossbeam_epoch::pin().flush();
+    }
+}
 
 fn allocations_in(f: impl FnOnce()) -> usize {
     let before = ALLOCS.with(Cell::get);
@@ -85,102 +99,110 @@ fn evicting_policy(whole_passes: bool) -> (CacheAwarePolicy, Vec<Arc<dyn Worker>
 
 #[test]
 fn whole_passes_free_what_they_evict_in_the_evictor_not_in_requests() {
-    let (policy, workers, prompts) = evicting_policy(true);
-    let freed_here = large_bytes_freed_in(|| {
-        for p in &prompts {
-            policy.select_worker(&workers, Some(p));
-        }
+    isolated(|| {
+        let (policy, workers, prompts) = evicting_policy(true);
+        let freed_here = large_bytes_freed_in(|| {
+            for p in &prompts {
+                policy.select_worker(&workers, Some(p));
+            }
+        });
+        let evicted = policy.metrics().evicted_chars;
+        assert!(
+            evicted > 1_000_000,
+            "the evictor evicted only {evicted} chars"
+        );
+        assert!(
+            freed_here < evicted / 10,
+            "the routing thread freed {freed_here} bytes of large blocks; {evicted} chars were evicted"
+        );
     });
-    let evicted = policy.metrics().evicted_chars;
-    assert!(
-        evicted > 1_000_000,
-        "the evictor evicted only {evicted} chars"
-    );
-    assert!(
-        freed_here < evicted / 10,
-        "the routing thread freed {freed_here} bytes of large blocks; {evicted} chars were evicted"
-    );
 }
 
 /// With passes run in requests' pieces, a request frees what passes unlinked only a few entries
 /// at a time: no decision frees more than a few labels, however much the passes evict.
 #[test]
 fn pieces_free_what_passes_evict_a_few_entries_at_a_time() {
-    let (policy, workers, prompts) = evicting_policy(false);
-    let label = 8 * 1024 + 6;
-    let mut most = 0;
-    let freed_here = large_bytes_freed_in(|| {
-        for p in &prompts {
-            let freed = large_bytes_freed_in(|| {
-                policy.select_worker(&workers, Some(p));
-            });
-            most = most.max(freed);
-        }
+    isolated(|| {
+        let (policy, workers, prompts) = evicting_policy(false);
+        let label = 8 * 1024 + 6;
+        let mut most = 0;
+        let freed_here = large_bytes_freed_in(|| {
+            for p in &prompts {
+                let freed = large_bytes_freed_in(|| {
+                    policy.select_worker(&workers, Some(p));
+                });
+                most = most.max(freed);
+            }
+        });
+        let evicted = policy.metrics().evicted_chars;
+        assert!(
+            evicted > 1_000_000,
+            "the pieces evicted only {evicted} chars"
+        );
+        assert!(
+            freed_here > evicted / 10,
+            "the pieces freed only {freed_here} bytes of large blocks; {evicted} chars were evicted"
+        );
+        assert!(
+            most <= 16 * label,
+            "one decision freed {most} bytes of large blocks, over 16 labels"
+        );
     });
-    let evicted = policy.metrics().evicted_chars;
-    assert!(
-        evicted > 1_000_000,
-        "the pieces evicted only {evicted} chars"
-    );
-    assert!(
-        freed_here > evicted / 10,
-        "the pieces freed only {freed_here} bytes of large blocks; {evicted} chars were evicted"
-    );
-    assert!(
-        most <= 16 * label,
-        "one decision freed {most} bytes of large blocks, over 16 labels"
-    );
 }
 
 #[test]
 fn dropping_a_policy_frees_its_trees_in_the_dropping_thread() {
-    let policy = CacheAwarePolicy::with_config(CacheAwareConfig {
-        eviction_interval_secs: 0,
-        ..CacheAwareConfig::default()
-    });
-    let workers = fleet(4);
-    // Each registration retires a version of the tables, which still holds the model's tree;
-    // this thread's epoch bag keeps them, since it pins too rarely to collect.
-    policy.init_workers(&workers);
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            for i in 0..200 {
-                let prompt = format!("{i:03} {}", "x".repeat(1000));
-                policy.select_worker(&workers, Some(&prompt));
-            }
+    isolated(|| {
+        let policy = CacheAwarePolicy::with_config(CacheAwareConfig {
+            eviction_interval_secs: 0,
+            ..CacheAwareConfig::default()
         });
+        let workers = fleet(4);
+        // Each registration retires a version of the tables, which still holds the model's tree;
+        // this thread's epoch bag keeps them, since it pins too rarely to collect.
+        policy.init_workers(&workers);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for i in 0..200 {
+                    let prompt = format!("{i:03} {}", "x".repeat(1000));
+                    policy.select_worker(&workers, Some(&prompt));
+                }
+            });
+        });
+        let stored = policy.metrics().tree_chars[0].1;
+        assert!(stored > 200_000);
+        let freed = bytes_freed_in(|| drop(policy));
+        assert!(
+            freed >= stored,
+            "dropping the policy freed {freed} bytes here; its tree held {stored} chars"
+        );
     });
-    let stored = policy.metrics().tree_chars[0].1;
-    assert!(stored > 200_000);
-    let freed = bytes_freed_in(|| drop(policy));
-    assert!(
-        freed >= stored,
-        "dropping the policy freed {freed} bytes here; its tree held {stored} chars"
-    );
 }
 
 #[test]
 fn matching_and_cache_hits_do_not_allocate() {
-    let tree = Tree::new();
-    let w = tree.tenant_id("w").unwrap();
-    let prompt = "system: be brief. ".repeat(200);
-    let other = format!("{prompt}question one");
-    tree.insert(&other, "w");
-    tree.insert(&prompt, "w");
-    // Warm up this thread's epoch handle (allocated once per thread on first pin).
-    tree.match_counts(&prompt);
-    let n = allocations_in(|| {
-        for _ in 0..100 {
-            assert_eq!(
-                tree.match_counts(&other).matched_chars,
-                other.chars().count()
-            );
-            let out = tree.match_and_insert(&other, |_, holders| holders.iter().next());
-            assert_eq!(out.tenant, Some(w));
-            tree.match_and_insert("zzz unmatched", |_, _| None);
-        }
+    isolated(|| {
+        let tree = Tree::new();
+        let w = tree.tenant_id("w").unwrap();
+        let prompt = "system: be brief. ".repeat(200);
+        let other = format!("{prompt}question one");
+        tree.insert(&other, "w");
+        tree.insert(&prompt, "w");
+        // Warm up this thread's epoch handle (allocated once per thread on first pin).
+        tree.match_counts(&prompt);
+        let n = allocations_in(|| {
+            for _ in 0..100 {
+                assert_eq!(
+                    tree.match_counts(&other).matched_chars,
+                    other.chars().count()
+                );
+                let out = tree.match_and_insert(&other, |_, holders| holders.iter().next());
+                assert_eq!(out.tenant, Some(w));
+                tree.match_and_insert("zzz unmatched", |_, _| None);
+            }
+        });
+        assert_eq!(n, 0, "the match path allocated {n} times");
+        // The check can fail: recording a new text allocates.
+        assert!(allocations_in(|| tree.insert("something new", "w")) > 0);
     });
-    assert_eq!(n, 0, "the match path allocated {n} times");
-    // The check can fail: recording a new text allocates.
-    assert!(allocations_in(|| tree.insert("something new", "w")) > 0);
 }
