@@ -52,7 +52,7 @@ pub(crate) const EVICTION_PASSES: usize = 4;
 /// with `budget / 16` the evictor made 2.5x as many passes for the same freed chars on the
 /// latency bench (Mooncake, a quarter-size budget, 2 saturated cores), and routing p99 while
 /// evicting was 2-3x higher. At rest the tree stays between 3/4 of its budget and the budget;
-/// while inserts outrun the evictor's wake-up and its pass it overshoots (see
+/// while inserts outrun the pass it overshoots (see
 /// `PACED_SCALE_HEADROOMS`). The budget is a memory ceiling, not a target.
 pub(crate) const EVICTION_HEADROOM_DIVISOR: usize = 4;
 
@@ -85,8 +85,8 @@ pub(crate) const PACED_PIECE_WORK: usize = 8;
 pub(crate) const PACED_PIECE_WORK: usize = 2;
 
 /// A paced piece grows by `PACED_PIECE_WORK` for every this many headrooms (budget minus
-/// target) the tree is over its target. Pieces stay small while the evictor's wake-up and the
-/// pass's length let the tree overshoot (on the latency bench, 2 saturated cores replaying at a
+/// target) the tree is over its target. Pieces stay small while the pass's length lets the tree
+/// overshoot (on the latency bench, 2 saturated cores replaying at a
 /// million requests a second, the tree peaks at 1.2-3.7x its budget with pieces and 1.0-4.0x
 /// with whole passes in the evictor), and grow when inserts outrun them: a stream of new
 /// 10 KB prompts at that rate outgrew a budget of 200 K chars 200-fold with fixed pieces.
@@ -109,9 +109,10 @@ pub(crate) const PACED_POP_WORK: usize = 2;
 /// candidates' keys, building their heap (a few nanoseconds an item).
 pub(crate) const PACED_LINEAR_ITEMS: usize = 32;
 
-/// How long the evictor leaves an open pass to the requests before it finishes the pass itself:
-/// without traffic no request runs a piece, and the tree must still come under its budget. A
-/// pass takes a couple of hundred pieces, which requests at the latency bench's rate (a
-/// million a second) run in a fraction of a millisecond; at a few thousand requests a second
-/// the evictor finishes the pass, and then has idle cores to do it on.
-pub(crate) const PACED_DEADLINE: std::time::Duration = std::time::Duration::from_millis(5);
+/// How often the evictor looks at the paced passes while requests keep opening them. A pass it
+/// finds open at two looks in a row (no traffic runs it: a pass takes a couple of hundred
+/// pieces, which requests at the latency bench's rate, a million a second, run in a fraction of
+/// a millisecond) it finishes itself, so a tree comes under its budget within two of these of
+/// the last request, and the anchor holds the epoch back no longer. Each look is a timer
+/// wake-up on some core, so not much more often.
+pub(crate) const PACED_WATCH: std::time::Duration = std::time::Duration::from_millis(5);

@@ -4,125 +4,85 @@
 //! - **stop**: a signal only the `Evictor` handle can raise, by being dropped; the thread sees
 //!   it at its next wait and exits, and `Drop` joins it. A pass in progress finishes first
 //!   (passes are bounded), so no thread outlives its policy.
-//! - **wake**: raised by requests that push a tree over its budget, without blocking. A wake
-//!   raised while the thread sleeps or runs a pass stays pending until its next wait, so it is
-//!   never lost; raising it again while pending changes nothing.
+//! - **wake**: raised by requests without blocking. A wake raised while the thread sleeps or
+//!   runs stays pending until its next wait, so it is never lost; raising it again while
+//!   pending changes nothing.
 //! - **tick**: the wait's timeout, `eviction_interval_secs`.
 //!
 //! With std these are crossbeam channels and a `select!`: stop is a zero-capacity channel whose
 //! only `Sender` the handle owns (dropping it disconnects), wake is `bounded(1)` fed by
 //! `try_send`. crossbeam-channel cannot run under loom, so under `router_loom` the same
 //! semantics come from a loom `Mutex<(stopped, woken)>` and `Condvar`, which the loom suite
-//! model-checks (loom's timed wait never times out, so models see stop and wake only).
+//! model-checks (loom's timed wait never times out, so models see stop and wake only, and the
+//! watch's short waits only poll).
 //!
-//! On a wake or a tick the evictor pins a guard (the anchor), opens a paced pass on every tree
-//! over its budget, and sleeps again while requests run the passes in pieces
-//! (`tree/paced.rs`): its own run is short, so it never holds up a decision for a whole pass.
-//! The piece that completes a pass closes it without a wake (a wake is a futex syscall and an
-//! IPI inside that request: 16-24 us in the median on the KVM guests we measure on). The
-//! evictor finds the passes closed when the next request to push a tree over its budget wakes
-//! it, or at `PACED_DEADLINE`; it closes what is still open, finishing passes no request
-//! carried (no traffic) itself, and unpins. That wait may take a wake meant for the next pass,
-//! so after each run it looks at the trees and runs again at once if one is over its budget
-//! (`needs_pass`). On stop it closes the passes as they stand. With whole passes (a builder
-//! option) it opens and finishes them in one run.
+//! **Passes in requests** (the default). Requests open each tree's pass when they push it over
+//! its budget and run it in pieces (`tree/paced.rs`); no thread is woken per pass. The evictor
+//! is their watchdog: while passes keep being opened it looks every `PACED_WATCH` (a timer, no
+//! request pays for it), finishing any pass it finds open at two looks in a row (without
+//! traffic no request runs it), and after a look that finds none opened since the previous
+//! one it sleeps until a request wakes it by opening a pass, or the tick. That wake is a
+//! Dekker handshake on `sleeping`: the evictor raises it, issues a `SeqCst` fence and looks
+//! for an open pass before it sleeps; the request that opens a pass stores `open` (under the
+//! pass's lock), issues a `SeqCst` fence and wakes the evictor only if `sleeping` is up. The
+//! fences order the two store-then-load pairs, so at least one side sees the other's store:
+//! either the evictor does not sleep or the request wakes it. A stale `sleeping` costs only a
+//! wake the next short wait consumes. On a tick it frees what passes unlinked and opens passes
+//! on trees over budget that none of the requests has (their `try_lock` may have lost to a
+//! look); on stop it closes open passes as they stand.
+//!
+//! **Whole passes** (a builder option): the request that first finds a tree over budget wakes
+//! the evictor, which runs a whole pass on every tree over budget.
 //!
 //! Routing never waits for the evictor: passes change the trees with the same lock-free
 //! operations requests use, and requests only `try_lock` a pass. What passes unlink is freed
 //! once the epoch says no reader holds it (`tree/reclaim.rs`): a few entries per piece, and
-//! what is left by the evictor on a tick; with whole passes, by the evictor before and after
-//! each run.
+//! what is left by the evictor on a tick; with whole passes, by the evictor after each run.
 
-use crate::constants::PACED_DEADLINE;
-use crate::sync::thread;
-use crossbeam_epoch::{self as epoch, Guard};
+use crate::constants::PACED_WATCH;
+use crate::sync::{self, fence, thread, AtomicBool, Ordering};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// What the evictor can ask of the policy.
 pub(crate) trait Housekeeper: Send + Sync + 'static {
-    /// Opens a paced pass on every tree over its budget; returns whether it opened any.
-    ///
-    /// # Safety
-    /// `anchor` must stay pinned until `close_passes` returns, and `close_passes` must be
-    /// called before it unpins.
-    unsafe fn open_passes(&self, anchor: &Guard) -> bool;
-    /// Whether requests run the passes in pieces; if not, the evictor runs them whole.
+    /// Whether requests open the passes and run them in pieces; if not, the evictor runs them
+    /// whole.
     fn passes_in_requests(&self) -> bool;
-    /// Whether every pass opened is complete.
-    fn passes_done(&self) -> bool;
-    /// Closes the passes (finishing their work in this thread first if `finish`).
-    fn close_passes(&self, anchor: &Guard, finish: bool);
+    /// Runs a whole pass on every tree over its budget, in this thread.
+    fn evict_whole(&self);
+    /// Opens a paced pass on every tree over its budget that has none open.
+    fn open_passes(&self);
+    /// One look at every tree's paced pass: finishes those already open at the previous look;
+    /// returns whether any was opened since then.
+    fn watch_passes(&self) -> bool;
+    /// Whether any tree has a paced pass open.
+    fn any_pass_open(&self) -> bool;
+    /// Closes the open paced passes as they stand.
+    fn close_passes(&self);
     /// Frees what closed passes unlinked whose grace period has passed, in this thread.
     fn free_unlinked(&self);
-    /// Whether any tree is over its budget (called with no pass open; the wake flags of trees
-    /// within it are cleared).
-    fn needs_pass(&self) -> bool;
 }
 
-/// One run of the evictor: open the passes, leave them to the requests until they are done or
-/// the deadline passes (or run them whole here), close them. Returns `false` if a stop came
-/// meanwhile.
-fn run_passes(target: &dyn Housekeeper, mailbox: &Mailbox, event: Event) -> bool {
-    let in_requests = target.passes_in_requests();
-    // Pieces free what earlier passes unlinked, a few entries each; the rest is freed here on a
-    // tick. Whole passes free it here, before and after each run.
-    if !in_requests || event == Event::Tick {
-        target.free_unlinked();
-    }
-    let anchor = epoch::pin();
-    let mut stopped = false;
-    // SAFETY: `anchor` stays pinned until after `close_passes` below returns.
-    if unsafe { target.open_passes(&anchor) } {
-        let deadline = Deadline::after(PACED_DEADLINE);
-        while in_requests && !target.passes_done() {
-            let Some(left) = deadline.left() else {
-                break;
-            };
-            match mailbox.wait(left) {
-                Event::Stop => {
-                    stopped = true;
-                    break;
-                }
-                Event::Tick => break,
-                // A tree over its budget (its pass may have been closed by its last piece
-                // already): look again.
-                Event::Wake => {}
+/// Watches the passes requests open: a look every `PACED_WATCH` while they keep being opened,
+/// then a sleep until a request opens one, the tick, or stop. Returns what ended the sleep.
+fn watch(target: &dyn Housekeeper, mailbox: &Mailbox, interval: Duration) -> Event {
+    loop {
+        while target.watch_passes() {
+            if mailbox.signal.wait_briefly(PACED_WATCH) == Event::Stop {
+                return Event::Stop;
             }
         }
-        target.close_passes(&anchor, !stopped);
-    }
-    drop(anchor);
-    if !in_requests {
-        target.free_unlinked();
-    }
-    !stopped
-}
-
-/// When the evictor stops leaving an open pass to the requests. Under loom there is none:
-/// timed waits never time out there, and a model must not depend on the real clock.
-struct Deadline(#[cfg(not(router_loom))] std::time::Instant);
-
-impl Deadline {
-    fn after(_wait: Duration) -> Self {
-        Self(
-            #[cfg(not(router_loom))]
-            {
-                std::time::Instant::now() + _wait
-            },
-        )
-    }
-
-    /// Time left, if any.
-    fn left(&self) -> Option<Duration> {
-        #[cfg(not(router_loom))]
-        {
-            let left = self.0.saturating_duration_since(std::time::Instant::now());
-            (!left.is_zero()).then_some(left)
+        mailbox.sleeping.store(true, Ordering::Relaxed);
+        // Dekker with `Waker::pass_opened`: after this fence, either this look sees the pass
+        // a request opened, or that request sees `sleeping` and wakes this wait.
+        fence(Ordering::SeqCst);
+        let event = (!target.any_pass_open()).then(|| mailbox.signal.wait(interval));
+        mailbox.sleeping.store(false, Ordering::Relaxed);
+        if let Some(event) = event {
+            return event;
         }
-        #[cfg(router_loom)]
-        Some(Duration::MAX)
     }
 }
 
@@ -189,6 +149,11 @@ mod signal {
                 default(timeout) => Event::Tick,
             }
         }
+
+        /// `wait`, for the watch's short waits (under loom these only poll).
+        pub(crate) fn wait_briefly(&self, timeout: Duration) -> Event {
+            self.wait(timeout)
+        }
     }
 }
 
@@ -251,6 +216,20 @@ mod signal {
                 state = next;
             }
         }
+
+        /// A poll of stop and wake: loom's timed waits never time out, and a model's watch
+        /// must go on looking.
+        pub(crate) fn wait_briefly(&self, _timeout: Duration) -> Event {
+            crate::sync::thread::yield_now();
+            let mut state = self.0.state.lock().unwrap();
+            if state.stopped {
+                Event::Stop
+            } else if std::mem::take(&mut state.woken) {
+                Event::Wake
+            } else {
+                Event::Tick
+            }
+        }
     }
 
     impl Drop for StopOnDrop {
@@ -261,7 +240,37 @@ mod signal {
     }
 }
 
-pub(crate) use signal::{Mailbox, Waker};
+/// Requests' end of the wake-up.
+#[derive(Clone, Debug)]
+pub(crate) struct Waker {
+    signal: signal::Waker,
+    /// Up while the evictor sleeps with no pass watched (see the module's design note).
+    sleeping: sync::Arc<AtomicBool>,
+}
+
+/// The evictor thread's end.
+#[derive(Debug)]
+pub(crate) struct Mailbox {
+    signal: signal::Mailbox,
+    sleeping: sync::Arc<AtomicBool>,
+}
+
+impl Waker {
+    /// Wakes the evictor (whole passes: a tree crossed its budget).
+    pub(crate) fn wake(&self) {
+        self.signal.wake();
+    }
+
+    /// Tells the evictor a request opened a paced pass: wakes it if it sleeps unwatching.
+    /// Called after the pass's `open` store.
+    pub(crate) fn pass_opened(&self) {
+        // Dekker with `watch`'s sleep: see the module's design note.
+        fence(Ordering::SeqCst);
+        if self.sleeping.load(Ordering::Relaxed) {
+            self.signal.wake();
+        }
+    }
+}
 
 /// The running thread; dropping this stops and joins it.
 pub(crate) struct Evictor {
@@ -272,7 +281,18 @@ pub(crate) struct Evictor {
 impl Evictor {
     /// A waker and the mailbox it feeds, made before the policy state that holds the waker.
     pub(crate) fn channel() -> (Waker, Mailbox) {
-        signal::wake_channel()
+        let (waker, mailbox) = signal::wake_channel();
+        let sleeping = sync::Arc::new(AtomicBool::new(false));
+        (
+            Waker {
+                signal: waker,
+                sleeping: sleeping.clone(),
+            },
+            Mailbox {
+                signal: mailbox,
+                sleeping,
+            },
+        )
     }
 
     pub(crate) fn spawn(
@@ -280,21 +300,31 @@ impl Evictor {
         interval: Duration,
         mut mailbox: Mailbox,
     ) -> std::io::Result<Self> {
-        let stop = mailbox.stopper();
+        let stop = mailbox.signal.stopper();
         let handle = thread::Builder::new()
             .name("router-evictor".into())
             .spawn(move || {
-                let mut event = mailbox.wait(interval);
-                while event != Event::Stop && run_passes(&*target, &mailbox, event) {
-                    // The wait in `run_passes` may have taken a wake meant for the next pass
-                    // (the last piece had closed this one already): a tree over its budget
-                    // gets that pass now.
-                    event = if target.needs_pass() {
-                        Event::Wake
+                let in_requests = target.passes_in_requests();
+                loop {
+                    let event = if in_requests {
+                        watch(&*target, &mailbox, interval)
                     } else {
-                        mailbox.wait(interval)
+                        mailbox.signal.wait(interval)
                     };
+                    match event {
+                        Event::Stop => break,
+                        _ if !in_requests => {
+                            target.evict_whole();
+                            target.free_unlinked();
+                        }
+                        Event::Tick => {
+                            target.free_unlinked();
+                            target.open_passes();
+                        }
+                        Event::Wake => {}
+                    }
                 }
+                target.close_passes();
             })?;
         Ok(Self {
             stop: Some(stop),
@@ -327,37 +357,58 @@ mod tests {
     use crate::sync::{AtomicUsize, Ordering};
     use std::time::Instant;
 
-    /// Counts runs; opens no pass.
-    struct Count(AtomicUsize);
-    impl Housekeeper for Count {
-        unsafe fn open_passes(&self, _anchor: &Guard) -> bool {
-            self.0.fetch_add(1, Ordering::SeqCst);
-            false
-        }
+    /// Counts whole runs (whole mode), or watches a pretend pass (paced mode): a look finds
+    /// it open if `open` is set, and finishes it.
+    #[derive(Default)]
+    struct Fake {
+        paced: bool,
+        runs: AtomicUsize,
+        looks: AtomicUsize,
+        open: AtomicBool,
+    }
+    impl Housekeeper for Fake {
         fn passes_in_requests(&self) -> bool {
-            true
+            self.paced
         }
-        fn passes_done(&self) -> bool {
-            true
+        fn evict_whole(&self) {
+            self.runs.fetch_add(1, Ordering::SeqCst);
         }
-        fn close_passes(&self, _anchor: &Guard, _finish: bool) {}
+        fn open_passes(&self) {}
+        fn watch_passes(&self) -> bool {
+            self.looks.fetch_add(1, Ordering::SeqCst);
+            if self.open.swap(false, Ordering::SeqCst) {
+                self.runs.fetch_add(1, Ordering::SeqCst);
+                true
+            } else {
+                false
+            }
+        }
+        fn any_pass_open(&self) -> bool {
+            self.open.load(Ordering::SeqCst)
+        }
+        fn close_passes(&self) {}
         fn free_unlinked(&self) {}
-        fn needs_pass(&self) -> bool {
-            false
+    }
+
+    fn wait_for(what: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !what() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 
     #[test]
     fn wakes_early_and_stops_on_drop() {
-        let target = Arc::new(Count(AtomicUsize::new(0)));
+        let target = Arc::new(Fake::default());
         let (waker, mailbox) = Evictor::channel();
         let evictor = Evictor::spawn(target.clone(), Duration::from_secs(3600), mailbox).unwrap();
         waker.wake();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while target.0.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        assert_eq!(target.0.load(Ordering::SeqCst), 1, "the wake ran one pass");
+        wait_for(|| target.runs.load(Ordering::SeqCst) > 0);
+        assert_eq!(
+            target.runs.load(Ordering::SeqCst),
+            1,
+            "the wake ran one pass"
+        );
         let start = Instant::now();
         drop(evictor);
         assert!(
@@ -369,14 +420,41 @@ mod tests {
 
     #[test]
     fn ticks_without_wakes() {
-        let target = Arc::new(Count(AtomicUsize::new(0)));
+        let target = Arc::new(Fake::default());
         let (_waker, mailbox) = Evictor::channel();
         let evictor = Evictor::spawn(target.clone(), Duration::from_millis(5), mailbox).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while target.0.load(Ordering::SeqCst) < 3 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_for(|| target.runs.load(Ordering::SeqCst) >= 3);
         drop(evictor);
-        assert!(target.0.load(Ordering::SeqCst) >= 3);
+        assert!(target.runs.load(Ordering::SeqCst) >= 3);
+    }
+
+    #[test]
+    fn a_pass_opened_while_the_watch_sleeps_wakes_it() {
+        let target = Arc::new(Fake {
+            paced: true,
+            ..Fake::default()
+        });
+        let (waker, mailbox) = Evictor::channel();
+        let evictor = Evictor::spawn(target.clone(), Duration::from_secs(3600), mailbox).unwrap();
+        // The first look finds nothing opened, and the watch sleeps.
+        wait_for(|| waker.sleeping.load(Ordering::SeqCst));
+        assert!(
+            waker.sleeping.load(Ordering::SeqCst),
+            "the watch never slept"
+        );
+        let looks = target.looks.load(Ordering::SeqCst);
+        for opened in 1..=3 {
+            target.open.store(true, Ordering::SeqCst);
+            waker.pass_opened();
+            wait_for(|| target.runs.load(Ordering::SeqCst) == opened);
+            assert_eq!(
+                target.runs.load(Ordering::SeqCst),
+                opened,
+                "the watch finished the pass"
+            );
+            wait_for(|| waker.sleeping.load(Ordering::SeqCst));
+        }
+        assert!(target.looks.load(Ordering::SeqCst) > looks);
+        drop(evictor);
     }
 }

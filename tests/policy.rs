@@ -302,9 +302,8 @@ fn run_eviction_keeps_every_tree_under_its_budget() {
     assert_eq!(policy.metrics().evicted_chars, stats.chars_freed);
 }
 
-/// Waits (up to 10 s) until the policy has counted an eviction pass.
-/// A policy with `budget` chars per tree whose evictor ticks once an hour: within a test it
-/// runs only when a request wakes it.
+/// A policy with `budget` chars per tree whose evictor ticks once an hour: within a test, passes
+/// come only from requests that find the tree over budget.
 fn hour_tick_policy(budget: usize) -> CacheAwarePolicy {
     CacheAwarePolicy::with_config(CacheAwareConfig {
         max_tree_size: budget,
@@ -313,6 +312,7 @@ fn hour_tick_policy(budget: usize) -> CacheAwarePolicy {
     })
 }
 
+/// Waits (up to 10 s) until the policy has counted an eviction pass.
 fn wait_for_a_pass(policy: &CacheAwarePolicy) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while policy.metrics().eviction_passes == 0 && Instant::now() < deadline {
@@ -320,8 +320,9 @@ fn wait_for_a_pass(policy: &CacheAwarePolicy) {
     }
 }
 
+/// The request that crosses the budget opens a pass; the tick is an hour away.
 #[test]
-fn crossing_the_budget_wakes_the_evictor_early() {
+fn crossing_the_budget_starts_a_pass_before_the_tick() {
     let policy = hour_tick_policy(1_000);
     let ws = workers(2, "");
     for i in 0..100 {
@@ -330,17 +331,17 @@ fn crossing_the_budget_wakes_the_evictor_early() {
     wait_for_a_pass(&policy);
     assert!(
         policy.metrics().eviction_passes >= 1,
-        "the evictor was not woken"
+        "no pass before the tick"
     );
     // Quiescent now; one more synchronous pass leaves the tree within budget.
     policy.run_eviction();
     assert!(policy.metrics().tree_chars[0].1 <= 1_000);
 }
 
-/// Requests' pieces close the passes they finish, without waking the evictor, so a wake that
-/// comes while the evictor still waits on a pass already closed is taken by that wait: the
-/// evictor must still give the tree its next pass. With the tick an hour away, a lost wake
-/// would leave the tree over budget and the passes stopped.
+/// Requests open a pass whenever they find the tree over budget with none open, and close the
+/// passes they finish: with the tick an hour away, passes must keep coming from requests alone
+/// (and the last, if no request finishes it, from the evictor's watch), or the tree would be
+/// left over budget.
 #[test]
 fn passes_keep_coming_while_requests_close_them() {
     let budget = 20_000;
@@ -349,7 +350,7 @@ fn passes_keep_coming_while_requests_close_them() {
     for i in 0..20_000 {
         policy.select_worker(&ws, Some(&format!("{i:05} {}", "z".repeat(200))));
     }
-    // No more traffic: the last pass, if open, is finished by the evictor at its deadline.
+    // No more traffic: the last pass, if open, is finished by the evictor's watch.
     let deadline = Instant::now() + Duration::from_secs(10);
     while policy.metrics().tree_chars[0].1 > budget && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(5));
@@ -365,8 +366,9 @@ fn passes_keep_coming_while_requests_close_them() {
     assert!(m.eviction_passes >= 20, "only {} passes", m.eviction_passes);
 }
 
-/// Requests run the evictor's passes in pieces; when none comes after the one that crossed the
-/// budget, the evictor finishes the pass itself after its deadline (5 ms), and says so.
+/// Requests run the passes in pieces; when none comes after the one that crossed the budget and
+/// opened the pass, the evictor's watch finishes it once it has seen it open at two looks
+/// (5 ms apart), and says so.
 #[test]
 fn a_pass_no_request_carries_is_finished_by_the_evictor() {
     let policy = hour_tick_policy(3_000);
@@ -376,7 +378,7 @@ fn a_pass_no_request_carries_is_finished_by_the_evictor() {
         policy.select_worker(&ws, Some(&format!("{i:03}{}", "y".repeat(28))));
     }
     assert_eq!(policy.metrics().eviction_passes, 0);
-    // One long text crosses the budget and wakes the evictor; no request follows.
+    // One long text crosses the budget and opens a pass (waking the watch); no request follows.
     policy.select_worker(&ws, Some(&"z".repeat(600)));
     wait_for_a_pass(&policy);
     let m = policy.metrics();

@@ -154,7 +154,7 @@ fn eight_threads_mixing_everything() {
 fn four_threads_route_while_their_pieces_run_the_passes() {
     let millis = stress_millis();
     let policy = CacheAwarePolicy::with_config(CacheAwareConfig {
-        // Only budget wakes: the tick never comes while the test runs.
+        // Only passes requests open: the tick never comes while the test runs.
         eviction_interval_secs: 3600,
         max_tree_size: 50_000,
         ..Default::default()

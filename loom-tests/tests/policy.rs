@@ -1,5 +1,5 @@
 //! Loom models of the policy's protocols: worker load counters and the load ticket, evictor
-//! shutdown, the evictor's wake-up, and passes run in requests' pieces. Built only under `--cfg router_loom --cfg crossbeam_loom`:
+//! shutdown, passes that requests open and run in pieces, and the evictor's watch over them. Built only under `--cfg router_loom --cfg crossbeam_loom`:
 //! run `bash .ci/loom`. Workers are registered before threads start (registration takes std
 //! locks that loom does not model).
 #![cfg(router_loom)]
@@ -47,26 +47,26 @@ fn load_counters_and_ticket_drops_balance() {
     });
 }
 
-/// Model 7: dropping the policy while the evictor may be in the middle of a pass (woken by a
-/// request that crossed the budget) stops and joins the thread: no deadlock, no thread left.
+/// Model 7: dropping the policy while the evictor may be watching a pass (woken by the request
+/// that crossed the budget and opened it) stops and joins the thread, which closes the pass:
+/// no deadlock, no thread left.
 #[test]
 fn dropping_the_policy_during_a_pass_joins_the_evictor() {
     loom::model(|| {
         let p = policy(3600, 1);
         let w: Arc<dyn Worker> = Arc::new(BasicWorkerBuilder::new("http://w").build());
         p.register_worker(w).unwrap();
-        drop(p.route("", "ab").unwrap()); // 2 chars > 1: wakes the evictor
+        drop(p.route("", "ab").unwrap()); // 2 chars > 1: opens a pass, wakes the evictor
         drop(p); // must return in every interleaving
     });
 }
 
-/// Model 8: a wake sent while the evictor sleeps is never lost: after a request crosses the
-/// budget, the evictor opens a pass even though the tick never comes (loom's timed waits never
-/// time out), the requests that follow run it in pieces (routing an empty text inserts
-/// nothing, so the tree stays over budget only until the pass), and the piece that finishes it
-/// closes and records it.
+/// Model 8: a request that crosses the budget opens a pass, the requests that follow run it in
+/// pieces (routing an empty text inserts nothing, so the tree stays over budget only until the
+/// pass), and the piece that finishes it closes and records it, whatever the evictor's watch
+/// does meanwhile (it may finish the pass itself).
 #[test]
-fn a_wake_sent_while_the_evictor_sleeps_is_never_lost() {
+fn a_pass_a_request_opens_is_run_and_recorded() {
     model_with_routing_loop(|| {
         let p = policy(3600, 1);
         let w: Arc<dyn Worker> = Arc::new(BasicWorkerBuilder::new("http://w").build());
@@ -81,10 +81,9 @@ fn a_wake_sent_while_the_evictor_sleeps_is_never_lost() {
     });
 }
 
-/// Model 11: a crossing whose wake the evictor takes while it still waits on a pass that the
-/// pass's last piece has closed gets its own pass: the evictor looks at the trees after each
-/// run (`needs_pass`). Without that look it would sleep with the tree over budget and the
-/// flag that silences further wakes set, and this model would never end.
+/// Model 11: a crossing after a piece closed the tree's pass gets the next pass: the request
+/// that finds the tree over budget with no pass open opens one, whatever the evictor's watch is
+/// doing (looking, finishing the first pass, or asleep).
 #[test]
 fn a_crossing_after_a_piece_closed_the_pass_gets_the_next_pass() {
     model_with_routing_loop(|| {
@@ -100,5 +99,27 @@ fn a_crossing_after_a_piece_closed_the_pass_gets_the_next_pass() {
         }
         let m = p.metrics();
         assert!(m.tree_chars[0].1 <= 1, "{m:?}");
+    });
+}
+
+/// Model 12: a pass a request opens as the evictor's watch falls asleep is finished by the watch
+/// even though no request runs another piece: either the watch sees the pass open after raising
+/// `sleeping`, or the request sees `sleeping` and wakes it (the Dekker handshake with `SeqCst`
+/// fences, `evictor.rs`). If both missed, the evictor would sleep with the pass open (loom's
+/// tick never comes) and this model would never end.
+#[test]
+fn a_pass_opened_as_the_watch_falls_asleep_is_finished_by_it() {
+    model_with_routing_loop(|| {
+        let p = policy(3600, 1);
+        let w: Arc<dyn Worker> = Arc::new(BasicWorkerBuilder::new("http://w").build());
+        p.register_worker(w).unwrap();
+        // Opens a pass; the one piece this request runs does not finish it (two work units).
+        drop(p.route("", "abcd").unwrap());
+        while p.metrics().eviction_passes == 0 {
+            thread::yield_now();
+        }
+        let m = p.metrics();
+        assert!(m.tree_chars[0].1 <= 1, "{m:?}");
+        assert_eq!(m.passes_finished_by_evictor, 1, "{m:?}");
     });
 }

@@ -15,9 +15,9 @@ use crate::evictor::{Evictor, Housekeeper, Waker};
 use crate::metrics::{Counters, MetricsSnapshot, WorkerStats};
 use crate::sync::{AtomicU64, Ordering};
 use crate::tenant::TenantId;
-use crate::tree::EvictionStats;
+use crate::tree::{EvictionStats, Watch};
 use crate::worker::{LoadTicket, Worker};
-use crossbeam_epoch::{self as epoch, Guard};
+use crossbeam_epoch as epoch;
 use std::any::Any;
 use std::cell::Cell;
 use std::fmt;
@@ -360,27 +360,40 @@ impl Shared {
         Some((chosen.index, hit))
     }
 
-    /// Wakes the evictor once when `model`'s tree crosses its budget (one atomic load when not),
-    /// and, when requests run the passes, runs a piece of the tree's pass if one is open
-    /// (`tree/paced.rs`). The piece that completes the pass closes it and records it here,
-    /// without a wake (a syscall in this request): the evictor finds it closed.
+    /// Keeps `model`'s tree within its budget. With passes in requests (`tree/paced.rs`), a
+    /// request that finds the tree over budget and no pass open opens one (and wakes the
+    /// evictor's watch if it sleeps), and a request that finds a pass open runs a piece of it;
+    /// the piece that completes the pass closes it, and it is recorded here. With whole
+    /// passes, the first request to find the tree over budget wakes the evictor (one atomic
+    /// load when within it).
     fn note_growth(&self, model: &ModelState) {
-        if let Some(waker) = &self.waker {
-            if model.tree.total_chars() > self.config.max_tree_size
+        let Some(waker) = &self.waker else {
+            return;
+        };
+        let over = model.tree.total_chars() > self.config.max_tree_size;
+        if !self.passes_in_requests {
+            if over
                 && !model.wake_pending.load(Ordering::Relaxed)
                 && !model.wake_pending.swap(true, Ordering::Relaxed)
             {
                 waker.wake();
             }
-            if self.passes_in_requests {
-                if let Some(stats) = model.tree.step_paced() {
-                    // The pass is closed: the next request to find the tree over budget wakes
-                    // the evictor for another.
-                    model.wake_pending.store(false, Ordering::Relaxed);
-                    self.record(stats);
-                }
-            }
+            return;
         }
+        if over && !model.tree.paced_open() && self.open_pass(model) {
+            waker.pass_opened();
+        }
+        if let Some(stats) = model.tree.step_paced() {
+            self.record(stats);
+        }
+    }
+
+    /// Opens a paced pass on `model`'s tree toward the eviction target, unless the tree is within
+    /// its budget, a pass is open or another thread holds it.
+    fn open_pass(&self, model: &ModelState) -> bool {
+        model
+            .tree
+            .try_open_paced(self.config.max_tree_size, self.eviction_target())
     }
 
     /// Registers workers `select_worker` sees for the first time.
@@ -473,51 +486,63 @@ impl Shared {
 }
 
 impl Housekeeper for Shared {
-    unsafe fn open_passes(&self, _anchor: &Guard) -> bool {
-        let mut opened = false;
-        for m in self.models() {
-            if m.tree.total_chars() > self.config.max_tree_size {
-                // Until the pass closes, requests that find the tree over budget need not wake.
-                m.wake_pending.store(true, Ordering::Relaxed);
-                let target = self.eviction_target();
-                // SAFETY: the caller keeps `_anchor` pinned until `close_passes` returns.
-                unsafe {
-                    m.tree
-                        .open_paced(target, self.config.max_tree_size - target)
-                };
-                opened = true;
-            }
-        }
-        opened
-    }
-
     fn passes_in_requests(&self) -> bool {
         self.passes_in_requests
     }
 
-    fn passes_done(&self) -> bool {
-        self.models().iter().all(|m| !m.tree.paced_open())
+    fn evict_whole(&self) {
+        let mut total = EvictionStats::default();
+        let mut evicted = false;
+        for m in self.models() {
+            // Cleared first: a request that crosses the budget during the pass wakes again.
+            m.wake_pending.store(false, Ordering::Relaxed);
+            // The tree's own pass, opened and finished here: what it unlinks comes back to the
+            // tree's reclaimer, which this thread frees, not to whichever thread collects.
+            if m.tree.total_chars() > self.config.max_tree_size && self.open_pass(&m) {
+                if let Some((stats, _)) = m.tree.close_paced(true) {
+                    total.add(stats);
+                    evicted = true;
+                }
+            }
+        }
+        if evicted {
+            self.record(total);
+        }
     }
 
-    fn close_passes(&self, anchor: &Guard, finish: bool) {
-        let mut total = EvictionStats::default();
-        let mut closed = false;
+    fn open_passes(&self) {
         for m in self.models() {
-            // `None`: the pass's last piece closed (and recorded) it, or none was open.
-            let Some((stats, finished_here)) = m.tree.close_paced(anchor, finish) else {
-                continue;
-            };
-            closed = true;
-            total.add(stats);
-            if finished_here && self.passes_in_requests {
-                let c = &self.counters.passes_finished_by_evictor;
-                c.fetch_add(1, Ordering::Relaxed);
+            if m.tree.total_chars() > self.config.max_tree_size {
+                self.open_pass(&m);
             }
-            // The next request to find the tree over budget wakes the evictor again.
-            m.wake_pending.store(false, Ordering::Relaxed);
         }
-        if closed {
-            self.record(total);
+    }
+
+    fn watch_passes(&self) -> bool {
+        let mut active = false;
+        for m in self.models() {
+            match m.tree.watch_paced() {
+                Watch::Idle => {}
+                Watch::Active => active = true,
+                Watch::Finished(stats) => {
+                    let c = &self.counters.passes_finished_by_evictor;
+                    c.fetch_add(1, Ordering::Relaxed);
+                    self.record(stats);
+                }
+            }
+        }
+        active
+    }
+
+    fn any_pass_open(&self) -> bool {
+        self.models().iter().any(|m| m.tree.paced_open())
+    }
+
+    fn close_passes(&self) {
+        for m in self.models() {
+            if let Some((stats, _)) = m.tree.close_paced(false) {
+                self.record(stats);
+            }
         }
     }
 
@@ -525,20 +550,6 @@ impl Housekeeper for Shared {
         for m in self.models() {
             m.tree.free_paced();
         }
-    }
-
-    fn needs_pass(&self) -> bool {
-        let mut over = false;
-        for m in self.models() {
-            if m.tree.total_chars() > self.config.max_tree_size {
-                over = true;
-            } else {
-                // No pass is open: a flag left set (by a request whose wake this run took, on
-                // a tree that a worker's removal has since shrunk) must not silence the next.
-                m.wake_pending.store(false, Ordering::Relaxed);
-            }
-        }
-        over
     }
 }
 

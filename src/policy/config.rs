@@ -44,8 +44,9 @@ pub struct CacheAwareConfig {
     /// Seconds between eviction passes; 0 starts no evictor thread.
     pub eviction_interval_secs: u64,
     /// Chars one model's tree may hold, summed over workers (a node cached by two workers
-    /// counts twice). The evictor keeps each tree under it; inserts that cross it wake the
-    /// evictor early. (The seed applied it per worker; `evict_cache` keeps that meaning.)
+    /// counts twice). Eviction keeps each tree under it: the request whose insert crosses it
+    /// starts a pass at once. (The seed applied it per worker; `evict_cache` keeps that
+    /// meaning.)
     pub max_tree_size: usize,
 }
 

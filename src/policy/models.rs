@@ -27,7 +27,8 @@ pub(crate) struct ModelState {
     pub(crate) name: Box<str>,
     pub(crate) tree: Tree,
     removed: Box<[AtomicU64]>,
-    /// Set by the request that first sees the tree over budget; cleared by the evictor's pass.
+    /// Whole passes: set by the request that first sees the tree over budget (and wakes the
+    /// evictor); cleared by the evictor's run.
     pub(crate) wake_pending: AtomicBool,
 }
 

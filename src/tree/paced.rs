@@ -1,50 +1,55 @@
-//! Eviction in pieces: the evictor opens a pass, and requests run it a few microseconds at a
-//! time.
+//! Eviction in pieces: requests open a tree's pass when they push it over its budget, and run
+//! it a few microseconds at a time.
 //!
 //! A whole pass (walk the tree, then detach the least recently used tenants) takes 60–170 us.
-//! Run by the evictor thread on cores that routing keeps busy, it lands inside some decision,
-//! which then waits for all of it. So the evictor only opens the pass; each request that
-//! finds it open runs one bounded piece (`PACED_PIECE_WORK`) after its own decision, and the
-//! piece that completes the pass closes it. It does not wake the evictor: a wake is a futex
-//! syscall and an IPI, 16-24 us in the median on the KVM guests we measure on (up to 135 us),
-//! inside that request. The evictor, still holding its anchor, finds the pass closed when the
-//! next crossing of the budget wakes it, or at `PACED_DEADLINE`, and unpins. If requests do
-//! not finish a pass within `PACED_DEADLINE` the evictor finishes it itself.
+//! Run by a thread of its own on cores that routing keeps busy, it lands inside some decision,
+//! which then waits for all of it; even a thread that only opens the pass and sleeps costs a
+//! wake per pass (a futex syscall and an IPI: 16-24 us in the median on the KVM guests we
+//! measure on, up to 135 us, inside the request that sends it) and a preempted request where it
+//! runs. So the request that finds the tree over budget opens the pass itself
+//! (`try_open_paced`), each request that finds it open runs one bounded piece
+//! (`PACED_PIECE_WORK`) after its own decision, and the piece that completes the pass closes
+//! it. No thread is woken per pass. The evictor only watches (`watch_paced`): a pass it finds
+//! open at two looks in a row (no traffic runs it) it finishes and closes itself, and it closes
+//! what is open when it stops.
 //!
 //! **The anchor.** Between pieces the pass keeps raw node pointers (its walk). Nothing of the
-//! tree's is reference-counted, so what keeps them allocated is a guard the evictor pins before
-//! `open_paced` and keeps pinned until `close_paced` returns, even while it sleeps: the anchor.
-//! Every pointer a pass holds was loaded after the anchor was pinned, from a shard root or from
-//! a node the pass already held, so every node and array it reaches was still linked into the
-//! tree after that pin (a replaced node's frozen children pass to its successor, and an
-//! unlinked node has none). Whatever is retired after a guard is pinned is freed only after
-//! that guard unpins (crossbeam-epoch defers it at least two epochs, and the epoch cannot
-//! advance twice past a pinned guard). Each piece also pins its own guard, for the loads it
-//! makes.
+//! tree's is reference-counted, so what keeps them allocated is a guard pinned when the pass
+//! opens and kept pinned until it closes, across pieces in any threads: the anchor. It is
+//! pinned on the tree's own epoch participant (a crossbeam-epoch `LocalHandle` registered for
+//! the tree, pinned only as the anchor), which lives with the pass behind its mutex, so the
+//! anchor moves from the thread that opens the pass to the one that closes it. Every pointer a
+//! pass holds was loaded after the anchor was pinned, from a shard root or from a node the
+//! pass already held, so every node and array it reaches was still linked into the tree after
+//! that pin (a replaced node's frozen children pass to its successor, and an unlinked node has
+//! none). Whatever is retired after a guard is pinned is freed only after that guard unpins
+//! (crossbeam-epoch defers it at least two epochs, and the epoch cannot advance twice past a
+//! pinned participant). Each piece also pins its own guard, for the loads it makes.
 //!
 //! **The lock.** The pass sits behind a `Mutex` that requests only `try_lock`: a request that
-//! finds it taken skips its piece, so no request ever waits for another, or for the evictor.
-//! `close_paced` takes the lock (it may wait for a piece in progress, a few microseconds) and
-//! stops the pass before it returns, so no piece reads the pointers after the anchor unpins: a
-//! piece runs only on a pass that is not done, and a pass is not done only between
-//! `open_paced` and its close (by its last piece, or by `close_paced`, which the evictor calls
-//! before it unpins either way). The piece that closes a pass hands its unlinked entries off
-//! under its own guard: what is deferred must outlive only the readers pinned before the
-//! unlinks, and the piece's guard was pinned after every unlink of the pass.
+//! finds it taken skips its piece (or its opening), so no request ever waits for another, or
+//! for the evictor. A pass is open exactly while its anchor is pinned: both change together,
+//! under the lock, at open and at close (by the last piece, or by the evictor). A piece runs
+//! only on an open pass, so no piece reads the pointers after the anchor unpins. What the pass
+//! unlinked is handed off at close under the closer's own guard (a deferral needs only to come
+//! after the unlinks, which the lock orders before it).
 //!
 //! Orderings: `open` is a hint that saves requests the `try_lock` when no pass is open; the
 //! mutex orders everything the pass holds, so `Relaxed` suffices. A request that reads a stale
-//! `false` skips a piece; one that reads a stale `true` finds the pass done under the lock.
+//! `false` skips a piece (or opens nothing: `try_open_paced` looks again under the lock); one
+//! that reads a stale `true` finds the pass closed under the lock. The evictor's sleep reads
+//! `open` in a Dekker handshake with the request that opens a pass (`evictor.rs`): the opener
+//! stores it, under the lock, before its `SeqCst` fence.
 //!
-//! What a pass unlinks goes into its batch (`reclaim.rs`), handed off at close under the anchor;
-//! after the grace period the pieces of later passes free it, `PACED_FREE_ENTRIES` at a time
-//! (the evictor frees what is left when it ticks).
+//! What a pass unlinks goes into its batch (`reclaim.rs`), handed off at close; after the grace
+//! period the pieces of later passes free it, `PACED_FREE_ENTRIES` at a time (the evictor frees
+//! what is left when it ticks).
 
 use super::maintain::Pass;
 use super::{EvictionStats, Tree};
 use crate::constants::{PACED_FREE_ENTRIES, PACED_PIECE_WORK, PACED_SCALE_HEADROOMS};
 use crate::sync::{AtomicBool, Mutex, MutexGuard, Ordering};
-use crossbeam_epoch::{self as epoch, Guard};
+use crossbeam_epoch::{self as epoch, Guard, LocalHandle};
 
 /// A tree's paced pass, and whether one is open.
 pub(crate) struct PacedEviction {
@@ -52,20 +57,48 @@ pub(crate) struct PacedEviction {
     pass: Mutex<Paced>,
 }
 
-/// The pass, how far it trims the tree below its budget, and whether it is open (opened and
-/// not yet closed, by its last piece or by the evictor).
-#[derive(Default)]
+/// The pass, how far it trims the tree below its budget, its anchor while it is open, and what
+/// the evictor's watch needs.
 struct Paced {
     pass: Pass,
     headroom: usize,
-    open: bool,
+    /// Pinned on `participant` while the pass is open (declared first: dropped before it).
+    anchor: Option<Guard>,
+    /// Passes opened so far, and how many had been when the evictor last looked.
+    opened: u64,
+    watched: u64,
+    /// The tree's own epoch participant, pinned only as the anchor.
+    participant: LocalHandle,
+}
+
+// SAFETY: the participant and the guard pinned on it are `!Send` only because they point to the
+// participant's record, which has no tie to a thread; only the holder of the mutex around
+// `Paced` uses them, and the mutex orders every use before the next.
+unsafe impl Send for Paced {}
+
+/// What the evictor's look at a tree's pass found.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Watch {
+    /// No pass open, and none opened since the last look.
+    Idle,
+    /// A pass opened since the last look (open now or not).
+    Active,
+    /// A pass open since before the last look, which this look finished and closed.
+    Finished(EvictionStats),
 }
 
 impl PacedEviction {
     pub(crate) fn new() -> Self {
         Self {
             open: AtomicBool::new(false),
-            pass: Mutex::new(Paced::default()),
+            pass: Mutex::new(Paced {
+                pass: Pass::default(),
+                headroom: 1,
+                anchor: None,
+                opened: 0,
+                watched: 0,
+                participant: epoch::default_collector().register(),
+            }),
         }
     }
 
@@ -78,29 +111,35 @@ impl PacedEviction {
 }
 
 impl Tree {
-    /// Opens a paced pass toward `target` total chars, `headroom` chars below the budget (a
-    /// pass already open starts over).
-    ///
-    /// # Safety
-    /// The calling thread must hold a guard, pinned before this call, that stays pinned until
-    /// `close_paced` returns (the anchor), and must call `close_paced` before it unpins.
-    pub(crate) unsafe fn open_paced(&self, target: usize, headroom: usize) {
-        let mut paced = self.engine.paced.lock();
+    /// Opens a paced pass that trims the tree from over `budget` to `target` total chars, and
+    /// pins its anchor; `false` if the tree is within its budget, a pass is open already or
+    /// another thread holds the pass. The budget is checked under the lock: every pass closed
+    /// before released it, so what they evicted is seen, and a request that read a stale total
+    /// opens no empty pass.
+    pub(crate) fn try_open_paced(&self, budget: usize, target: usize) -> bool {
+        let Ok(mut paced) = self.engine.paced.pass.try_lock() else {
+            return false;
+        };
+        if paced.anchor.is_some() || self.total_chars() <= budget {
+            return false;
+        }
+        // First: every pointer the pass loads comes after the anchor's pin.
+        paced.anchor = Some(paced.participant.pin());
         paced.pass.start(target);
-        paced.headroom = headroom.max(1);
-        paced.open = true;
+        paced.headroom = budget.saturating_sub(target).max(1);
+        paced.opened += 1;
         self.engine.paced.open.store(true, Ordering::Relaxed);
+        true
     }
 
-    /// Whether a paced pass is open with work left.
+    /// Whether a paced pass is open.
     pub(crate) fn paced_open(&self) -> bool {
         self.engine.paced.open.load(Ordering::Relaxed)
     }
 
     /// Runs one piece of the open pass, unless none is open or another thread is running a
-    /// piece. The piece that completes the pass also closes it: it hands what the pass
-    /// unlinked to the reclaimer (under its own guard: every unlink is behind it) and returns
-    /// what the pass did, for the caller to record.
+    /// piece. The piece that completes the pass also closes it, and returns what the pass
+    /// did, for the caller to record.
     ///
     /// A piece is `PACED_PIECE_WORK` times the number of whole `PACED_SCALE_HEADROOMS`
     /// headrooms (budget minus target) the tree is over its target, and at least once: when
@@ -113,54 +152,66 @@ impl Tree {
         let Ok(mut paced) = self.engine.paced.pass.try_lock() else {
             return None;
         };
-        let Paced {
-            pass,
-            headroom,
-            open,
-        } = &mut *paced;
-        if pass.is_done() {
-            return None;
-        }
-        let over = self.total_chars().saturating_sub(pass.target());
-        let work = PACED_PIECE_WORK * (over / (PACED_SCALE_HEADROOMS * *headroom)).max(1);
+        // No anchor: no pass open.
+        paced.anchor.as_ref()?;
+        let over = self.total_chars().saturating_sub(paced.pass.target());
+        let work = PACED_PIECE_WORK * (over / (PACED_SCALE_HEADROOMS * paced.headroom)).max(1);
         // And frees a few of the entries earlier passes unlinked.
-        pass.scratch.free_some_unlinked(PACED_FREE_ENTRIES);
+        paced.pass.scratch.free_some_unlinked(PACED_FREE_ENTRIES);
         let guard = epoch::pin();
-        // SAFETY: the pass is not done, so it is open and the evictor's anchor, pinned before
-        // `open_paced`, stays pinned until `close_paced`, which needs the lock this piece holds.
-        if !unsafe { self.engine.advance(pass, &guard, work) } {
+        // SAFETY: the pass is open, so its anchor, pinned before `pass.start`, stays pinned
+        // until it closes, which needs the lock this piece holds.
+        if !unsafe { self.engine.advance(&mut paced.pass, &guard, work) } {
             return None;
         }
-        self.engine.paced.open.store(false, Ordering::Relaxed);
-        *open = false;
-        pass.scratch.hand_off_unlinked(&guard);
-        Some(std::mem::take(&mut pass.stats))
+        Some(self.close_paced_locked(&mut paced, &guard, false).0)
     }
 
-    /// Closes the paced pass unless its last piece has: finishes what is left in this thread
-    /// if `finish`, stops it, and hands what it unlinked to the reclaimer under `anchor`.
-    /// Returns what the pass did, and whether this call finished work the pass had left; `None`
-    /// if no pass was open.
-    pub(crate) fn close_paced(
-        &self,
-        anchor: &Guard,
-        finish: bool,
-    ) -> Option<(EvictionStats, bool)> {
+    /// Closes the open pass as it stands, or after finishing its work in this thread if
+    /// `finish`. Returns what the pass did, and whether this call finished work the pass had
+    /// left; `None` if no pass was open.
+    pub(crate) fn close_paced(&self, finish: bool) -> Option<(EvictionStats, bool)> {
         let mut paced = self.engine.paced.lock();
-        if !std::mem::take(&mut paced.open) {
-            return None;
+        // No anchor: no pass open.
+        paced.anchor.as_ref()?;
+        let guard = epoch::pin();
+        Some(self.close_paced_locked(&mut paced, &guard, finish))
+    }
+
+    /// The evictor's look: finishes and closes a pass that was open at its previous look
+    /// already (no traffic runs it), and notes the passes opened since.
+    pub(crate) fn watch_paced(&self) -> Watch {
+        let mut paced = self.engine.paced.lock();
+        let fresh = paced.opened != paced.watched;
+        paced.watched = paced.opened;
+        match (paced.anchor.is_some(), fresh) {
+            (false, false) => Watch::Idle,
+            (_, true) => Watch::Active,
+            (true, false) => {
+                let guard = epoch::pin();
+                Watch::Finished(self.close_paced_locked(&mut paced, &guard, true).0)
+            }
         }
-        let pass = &mut paced.pass;
-        let finished_here = finish && !pass.is_done();
+    }
+
+    /// Closes the open pass `paced` holds (finishing its work under `guard` first if
+    /// `finish`): stops it, hands off what it unlinked under `guard` and unpins the anchor.
+    fn close_paced_locked(
+        &self,
+        paced: &mut Paced,
+        guard: &Guard,
+        finish: bool,
+    ) -> (EvictionStats, bool) {
+        let finished_here = finish && !paced.pass.is_done();
         if finished_here {
-            // SAFETY: the pass is open, so its anchor is still pinned (`open_paced`'s contract:
-            // until this call returns).
-            unsafe { self.engine.advance(pass, anchor, usize::MAX) };
+            // SAFETY: the pass is open, so its anchor stays pinned until the end of this call.
+            unsafe { self.engine.advance(&mut paced.pass, guard, usize::MAX) };
         }
-        pass.stop();
+        paced.pass.stop();
         self.engine.paced.open.store(false, Ordering::Relaxed);
-        pass.scratch.hand_off_unlinked(anchor);
-        Some((std::mem::take(&mut pass.stats), finished_here))
+        paced.pass.scratch.hand_off_unlinked(guard);
+        paced.anchor = None;
+        (std::mem::take(&mut paced.pass.stats), finished_here)
     }
 
     /// Frees what earlier paced passes unlinked whose grace period has passed, in this thread.
@@ -171,8 +222,8 @@ impl Tree {
 
 #[cfg(all(test, not(router_loom)))]
 mod tests {
+    use super::Watch;
     use crate::{ManualClock, Tree, TreeConfig};
-    use crossbeam_epoch as epoch;
 
     /// A tree of 300 texts under 3 tenants, each recorded at its own tick, so LRU order is
     /// fully determined.
@@ -206,12 +257,19 @@ mod tests {
         let target = whole.total_chars() / 2;
         let expected = whole.evict_to_total(target);
 
-        let anchor = epoch::pin();
-        // SAFETY: `anchor` stays pinned until after `close_paced`.
-        unsafe { paced.open_paced(target, target / 3) };
+        let budget = target + target / 3;
+        assert!(
+            !paced.try_open_paced(paced.total_chars(), target),
+            "no pass on a tree within its budget"
+        );
+        assert!(paced.try_open_paced(budget, target));
+        assert!(!paced.try_open_paced(budget, target), "one pass at a time");
         let mut pieces = 1;
+        // Each piece on its own thread: the anchor keeps the pass's pointers across threads.
         let stats = loop {
-            if let Some(stats) = paced.step_paced() {
+            if let Some(stats) =
+                std::thread::scope(|s| s.spawn(|| paced.step_paced()).join()).unwrap()
+            {
                 break stats;
             }
             pieces += 1;
@@ -219,10 +277,9 @@ mod tests {
         };
         assert!(!paced.paced_open(), "a finished pass is no longer open");
         assert!(
-            paced.close_paced(&anchor, true).is_none(),
+            paced.close_paced(true).is_none(),
             "the last piece closed it"
         );
-        drop(anchor);
 
         assert!(pieces > 20, "{pieces} pieces: the pass was not cut up");
         assert_eq!(stats, expected);
@@ -240,17 +297,14 @@ mod tests {
     fn closing_finishes_a_pass_no_request_ran() {
         let (tree, _) = tree();
         let target = tree.total_chars() / 2;
-        let anchor = epoch::pin();
-        // SAFETY: `anchor` stays pinned until after `close_paced`.
-        unsafe { tree.open_paced(target, target / 3) };
-        let (stats, finished_here) = tree.close_paced(&anchor, true).unwrap();
+        assert!(tree.try_open_paced(target + target / 3, target));
+        let (stats, finished_here) = tree.close_paced(true).unwrap();
         assert!(finished_here);
         assert!(stats.nodes_removed > 0);
         assert!(tree.total_chars() <= target);
 
-        // SAFETY: as above.
-        unsafe { tree.open_paced(0, 1) };
-        let (stats, finished_here) = tree.close_paced(&anchor, false).unwrap();
+        assert!(tree.try_open_paced(1, 0));
+        let (stats, finished_here) = tree.close_paced(false).unwrap();
         assert!(!finished_here);
         assert_eq!(
             stats.nodes_removed, 0,
@@ -258,27 +312,53 @@ mod tests {
         );
         assert!(tree.total_chars() > 0);
         assert!(
-            tree.close_paced(&anchor, true).is_none(),
+            tree.close_paced(true).is_none(),
             "nothing open, nothing to close"
         );
+    }
+
+    #[test]
+    fn the_watch_finishes_only_a_pass_it_saw_open_before() {
+        let (tree, _) = tree();
+        let total = tree.total_chars();
+        assert_eq!(tree.watch_paced(), Watch::Idle);
+
+        // Opened and finished by requests between two looks: active, then idle.
+        assert!(tree.try_open_paced(total - 9, total - 10));
+        while tree.step_paced().is_none() {}
+        assert_eq!(tree.watch_paced(), Watch::Active);
+        assert_eq!(tree.watch_paced(), Watch::Idle);
+
+        // Left open: the first look notes it, the second finishes it.
+        assert!(tree.try_open_paced(total / 2 + 1, total / 2));
+        tree.step_paced();
+        assert_eq!(tree.watch_paced(), Watch::Active);
+        let Watch::Finished(stats) = tree.watch_paced() else {
+            panic!("a pass open at two looks is finished by the second");
+        };
+        assert!(stats.nodes_removed > 0);
+        assert!(!tree.paced_open());
+        assert!(tree.total_chars() <= total / 2);
+        assert_eq!(tree.watch_paced(), Watch::Idle);
     }
 }
 
 /// Loom model of the anchor protocol, run by `.ci/loom` (the crate's own tests under
-/// `--cfg router_loom`): it needs `open_paced` and `step_paced`, which are not public.
+/// `--cfg router_loom`): it needs `try_open_paced` and `step_paced`, which are not public.
 #[cfg(all(test, router_loom))]
 mod loom_model {
     use crate::sync::{thread, Arc};
     use crate::{ManualClock, Tree, TreeConfig};
     use crossbeam_epoch as epoch;
 
-    /// A request runs pieces of a paced pass (two work units each under loom) while the
-    /// anchor's thread splits the node the pass walked (an insert), tries to collect what the
-    /// split retired, and closes the pass. Every interleaving of the pieces with the split's
-    /// freeze, swap and retirement and with the close ends with exact counts. (Loom does not
-    /// see a read of freed memory: that the anchor keeps what a pass holds allocated is what
-    /// `tests/stress.rs` checks under AddressSanitizer, which catches a dropped anchor.) Every interleaving ends with
-    /// exact counts, and what the split's tenant still matches is a prefix of its text.
+    /// A request runs pieces of a paced pass (two work units each under loom) that another
+    /// thread opened (pinning the anchor), while that thread splits the node the pass walked
+    /// (an insert), tries to collect what the split retired, and closes the pass. Every
+    /// interleaving of the pieces with the split's freeze, swap and retirement and with the
+    /// close ends with exact counts, and what the split's tenant still matches is a prefix of
+    /// its text. (Loom does not see a read of freed memory: that the anchor keeps what a pass
+    /// holds allocated is what `tests/stress.rs` checks under AddressSanitizer, which catches a
+    /// dropped anchor.)
     #[test]
     fn pieces_beside_a_split_under_the_anchor() {
         loom::model(|| {
@@ -291,9 +371,7 @@ mod loom_model {
             );
             tree.insert("abcd", "t0");
             let t1 = tree.tenant_id("t1").unwrap();
-            let anchor = epoch::pin();
-            // SAFETY: `anchor` stays pinned until after `close_paced` below.
-            unsafe { tree.open_paced(0, 1) };
+            assert!(tree.try_open_paced(1, 0));
             let request = {
                 let tree = tree.clone();
                 thread::spawn(move || {
@@ -309,8 +387,7 @@ mod loom_model {
                 epoch::pin().flush();
             }
             request.join().unwrap();
-            tree.close_paced(&anchor, true);
-            drop(anchor);
+            tree.close_paced(true);
             assert!("abX".starts_with(&tree.prefix_match_tenant("abX", "t1")));
             let counted = tree.get_tenant_char_count();
             assert_eq!(counted, tree.get_used_size_per_tenant());
