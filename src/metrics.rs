@@ -107,10 +107,10 @@ pub struct MetricsSnapshot {
     pub evicted_chars: usize,
     /// Tree nodes unlinked by eviction.
     pub evicted_nodes: usize,
-    /// Passes the evictor finished itself because requests had not run them to the end within
-    /// 5 ms of their opening: where requests run the passes in pieces (the default), a sign of
-    /// too little traffic to carry them (harmless: the evictor then has the cores), or of
-    /// pieces that do not run. Always 0 with whole passes in the evictor.
+    /// Passes the evictor finished itself because requests had not run them to the end between
+    /// two of its looks (50 ms apart): where requests run the passes in pieces (the default), a
+    /// sign of too little traffic to carry them (harmless: the evictor then has the cores), or
+    /// of pieces that do not run. Always 0 with whole passes in the evictor.
     pub passes_finished_by_evictor: usize,
     /// Chars stored per model tree.
     pub tree_chars: Vec<(String, usize)>,

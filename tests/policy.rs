@@ -368,7 +368,7 @@ fn passes_keep_coming_while_requests_close_them() {
 
 /// Requests run the passes in pieces; when none comes after the one that crossed the budget and
 /// opened the pass, the evictor's watch finishes it once it has seen it open at two looks
-/// (5 ms apart), and says so.
+/// (50 ms apart), and says so.
 #[test]
 fn a_pass_no_request_carries_is_finished_by_the_evictor() {
     let policy = hour_tick_policy(3_000);
