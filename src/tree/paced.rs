@@ -17,10 +17,10 @@
 //! tree's is reference-counted, so what keeps them allocated is a guard pinned when the pass
 //! opens and kept pinned until it closes, across pieces in any threads: the anchor. It is
 //! pinned on the tree's own epoch participant (a crossbeam-epoch `LocalHandle` registered for
-//! the tree, pinned only as the anchor), which lives with the pass behind its mutex, so the
-//! anchor moves from the thread that opens the pass to the one that closes it. Every pointer a
-//! pass holds was loaded after the anchor was pinned, from a shard root or from a node the
-//! pass already held, so every node and array it reaches was still linked into the tree after
+//! the tree when its first pass opens, pinned only as the anchor), which lives with the pass
+//! behind its mutex, so the anchor moves from the thread that opens the pass to the one that
+//! closes it. Every pointer a pass holds was loaded after the anchor was pinned, from a shard
+//! root or from a node the pass already held, so every node and array it reaches was still linked into the tree after
 //! that pin (a replaced node's frozen children pass to its successor, and an unlinked node has
 //! none). Whatever is retired after a guard is pinned is freed only after that guard unpins
 //! (crossbeam-epoch defers it at least two epochs, and the epoch cannot advance twice past a
@@ -67,8 +67,10 @@ struct Paced {
     /// Passes opened so far, and how many had been when the evictor last looked.
     opened: u64,
     watched: u64,
-    /// The tree's own epoch participant, pinned only as the anchor.
-    participant: LocalHandle,
+    /// The tree's own epoch participant, pinned only as the anchor; registered when the tree's
+    /// first pass opens (a tree that never exceeds a budget adds nothing to the participants
+    /// every epoch advance scans).
+    participant: Option<LocalHandle>,
 }
 
 // SAFETY: the participant and the guard pinned on it are `!Send` only because they point to the
@@ -97,7 +99,7 @@ impl PacedEviction {
                 anchor: None,
                 opened: 0,
                 watched: 0,
-                participant: epoch::default_collector().register(),
+                participant: None,
             }),
         }
     }
@@ -124,7 +126,10 @@ impl Tree {
             return false;
         }
         // First: every pointer the pass loads comes after the anchor's pin.
-        paced.anchor = Some(paced.participant.pin());
+        let participant = paced
+            .participant
+            .get_or_insert_with(|| epoch::default_collector().register());
+        paced.anchor = Some(participant.pin());
         paced.pass.start(target);
         paced.headroom = budget.saturating_sub(target).max(1);
         paced.opened += 1;
@@ -262,7 +267,10 @@ mod tests {
             !paced.try_open_paced(paced.total_chars(), target),
             "no pass on a tree within its budget"
         );
+        let registered = || paced.engine.paced.lock().participant.is_some();
+        assert!(!registered(), "no epoch participant before the first pass");
         assert!(paced.try_open_paced(budget, target));
+        assert!(registered());
         assert!(!paced.try_open_paced(budget, target), "one pass at a time");
         let mut pieces = 1;
         // Each piece on its own thread: the anchor keeps the pass's pointers across threads.
