@@ -27,9 +27,11 @@
 //! pass's lock), issues a `SeqCst` fence and wakes the evictor only if `sleeping` is up. The
 //! fences order the two store-then-load pairs, so at least one side sees the other's store:
 //! either the evictor does not sleep or the request wakes it. A stale `sleeping` costs only a
-//! wake the next short wait consumes. On a tick it frees what passes unlinked and opens passes
-//! on trees over budget that none of the requests has (their `try_lock` may have lost to a
-//! look); on stop it closes open passes as they stand.
+//! wake the next short wait consumes. On a tick it runs a whole pass on every tree over budget
+//! with no pass open (a request's `try_lock` may have lost to a look), opening and closing it
+//! itself, and frees what passes unlinked; on stop it closes open passes as they stand. So
+//! every pass this thread opens, it closes: the anchor moves between threads only from a
+//! request to the thread that closes its pass (loom models 10 to 12).
 //!
 //! **Whole passes** (a builder option): the request that first finds a tree over budget wakes
 //! the evictor, which runs a whole pass on every tree over budget.
@@ -50,10 +52,8 @@ pub(crate) trait Housekeeper: Send + Sync + 'static {
     /// Whether requests open the passes and run them in pieces; if not, the evictor runs them
     /// whole.
     fn passes_in_requests(&self) -> bool;
-    /// Runs a whole pass on every tree over its budget, in this thread.
+    /// Runs a whole pass, in this thread, on every tree over its budget that has no pass open.
     fn evict_whole(&self);
-    /// Opens a paced pass on every tree over its budget that has none open.
-    fn open_passes(&self);
     /// One look at every tree's paced pass: finishes those already open at the previous look;
     /// returns whether any was opened since then.
     fn watch_passes(&self) -> bool;
@@ -313,15 +313,14 @@ impl Evictor {
                     };
                     match event {
                         Event::Stop => break,
-                        _ if !in_requests => {
+                        Event::Wake if in_requests => {}
+                        // Whole passes on every wake and tick; with passes in requests, a tick
+                        // runs here what no request started (a tree over budget with no pass
+                        // open), and passes requests opened stay theirs.
+                        Event::Wake | Event::Tick => {
                             target.evict_whole();
                             target.free_unlinked();
                         }
-                        Event::Tick => {
-                            target.free_unlinked();
-                            target.open_passes();
-                        }
-                        Event::Wake => {}
                     }
                 }
                 target.close_passes();
@@ -373,7 +372,6 @@ mod tests {
         fn evict_whole(&self) {
             self.runs.fetch_add(1, Ordering::SeqCst);
         }
-        fn open_passes(&self) {}
         fn watch_passes(&self) -> bool {
             self.looks.fetch_add(1, Ordering::SeqCst);
             if self.open.swap(false, Ordering::SeqCst) {

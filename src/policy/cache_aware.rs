@@ -510,14 +510,6 @@ impl Housekeeper for Shared {
         }
     }
 
-    fn open_passes(&self) {
-        for m in self.models() {
-            if m.tree.total_chars() > self.config.max_tree_size {
-                self.open_pass(&m);
-            }
-        }
-    }
-
     fn watch_passes(&self) -> bool {
         let mut active = false;
         for m in self.models() {
