@@ -28,10 +28,10 @@
 //! fences order the two store-then-load pairs, so at least one side sees the other's store:
 //! either the evictor does not sleep or the request wakes it. A stale `sleeping` costs only a
 //! wake the next short wait consumes. On a tick it runs a whole pass on every tree over budget
-//! with no pass open (a request's `try_lock` may have lost to a look), opening and closing it
-//! itself, and frees what passes unlinked; on stop it closes open passes as they stand. So
-//! every pass this thread opens, it closes: the anchor moves between threads only from a
-//! request to the thread that closes its pass (loom models 10 to 12).
+//! with no pass open (a request's `try_lock` may have lost to a look), under the tree's pass
+//! lock so no request sees it, and frees what passes unlinked; on stop it closes open passes as
+//! they stand. So this thread opens no pass: the anchor moves between threads only from the
+//! request that opened a pass to the thread that closes it (loom models 10 to 12).
 //!
 //! **Whole passes** (a builder option): the request that first finds a tree over budget wakes
 //! the evictor, which runs a whole pass on every tree over budget.

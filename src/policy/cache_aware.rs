@@ -496,13 +496,12 @@ impl Housekeeper for Shared {
         for m in self.models() {
             // Cleared first: a request that crosses the budget during the pass wakes again.
             m.wake_pending.store(false, Ordering::Relaxed);
-            // The tree's own pass, opened and finished here: what it unlinks comes back to the
+            // Under the tree's pass lock, on its own pass: what it unlinks comes back to the
             // tree's reclaimer, which this thread frees, not to whichever thread collects.
-            if m.tree.total_chars() > self.config.max_tree_size && self.open_pass(&m) {
-                if let Some((stats, _)) = m.tree.close_paced(true) {
-                    total.add(stats);
-                    evicted = true;
-                }
+            let target = self.eviction_target();
+            if let Some(stats) = m.tree.evict_whole_locked(self.config.max_tree_size, target) {
+                total.add(stats);
+                evicted = true;
             }
         }
         if evicted {

@@ -219,6 +219,24 @@ impl Tree {
         (std::mem::take(&mut paced.pass.stats), finished_here)
     }
 
+    /// Runs a whole pass from over `budget` to `target` in this thread, holding the pass's lock
+    /// throughout (no request sees it, so no anchor: every pointer it holds is loaded under this
+    /// call's guard), unless the tree is within its budget or a pass is open. What it unlinks
+    /// goes to the tree's reclaimer, like a paced pass's.
+    pub(crate) fn evict_whole_locked(&self, budget: usize, target: usize) -> Option<EvictionStats> {
+        let mut paced = self.engine.paced.lock();
+        if paced.anchor.is_some() || self.total_chars() <= budget {
+            return None;
+        }
+        let guard = epoch::pin();
+        paced.pass.start(target);
+        // SAFETY: the pass starts and ends in this call, under `guard`.
+        unsafe { self.engine.advance(&mut paced.pass, &guard, usize::MAX) };
+        paced.pass.stop();
+        paced.pass.scratch.hand_off_unlinked(&guard);
+        Some(std::mem::take(&mut paced.pass.stats))
+    }
+
     /// Frees what earlier paced passes unlinked whose grace period has passed, in this thread.
     pub(crate) fn free_paced(&self) {
         self.engine.paced.lock().pass.scratch.free_unlinked();
@@ -323,6 +341,23 @@ mod tests {
             tree.close_paced(true).is_none(),
             "nothing open, nothing to close"
         );
+    }
+
+    #[test]
+    fn a_whole_pass_under_the_lock_leaves_open_passes_alone() {
+        let (tree, _) = tree();
+        let total = tree.total_chars();
+        assert!(tree.evict_whole_locked(total, 0).is_none(), "within budget");
+        assert!(tree.try_open_paced(total - 1, total / 2));
+        assert!(
+            tree.evict_whole_locked(total - 1, total / 2).is_none(),
+            "a pass is open"
+        );
+        tree.close_paced(false);
+        let stats = tree.evict_whole_locked(total - 1, total / 2).unwrap();
+        assert!(stats.nodes_removed > 0);
+        assert!(tree.total_chars() <= total / 2);
+        assert!(!tree.paced_open());
     }
 
     #[test]
