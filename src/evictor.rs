@@ -31,7 +31,7 @@
 //! with no pass open (a request's `try_lock` may have lost to a look), under the tree's pass
 //! lock so no request sees it, and frees what passes unlinked; on stop it closes open passes as
 //! they stand. So this thread opens no pass: the anchor moves between threads only from the
-//! request that opened a pass to the thread that closes it (loom models 10 to 12).
+//! request that opened a pass to the thread that closes it (loom models 10 to 13).
 //!
 //! **Whole passes** (a builder option): the request that first finds a tree over budget wakes
 //! the evictor, which runs a whole pass on every tree over budget.

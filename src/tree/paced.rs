@@ -402,6 +402,42 @@ mod loom_model {
     /// its text. (Loom does not see a read of freed memory: that the anchor keeps what a pass
     /// holds allocated is what `tests/stress.rs` checks under AddressSanitizer, which catches a
     /// dropped anchor.)
+    /// The anchor the other way round: a thread opens the pass (registering the tree's
+    /// participant and pinning the anchor) and goes on pinning and flushing its own guards,
+    /// while this thread runs the pass's pieces until it closes, unpinning the anchor here.
+    /// Every interleaving ends with the tree emptied.
+    #[test]
+    fn a_pass_opened_in_another_thread_is_run_and_closed_here() {
+        loom::model(|| {
+            let tree = Arc::new(
+                Tree::with_config(TreeConfig {
+                    shards: 1,
+                    clock: ManualClock::new().into(),
+                })
+                .unwrap(),
+            );
+            tree.insert("abcd", "t0");
+            let opener = {
+                let tree = tree.clone();
+                thread::spawn(move || {
+                    assert!(tree.try_open_paced(1, 0));
+                    for _ in 0..2 {
+                        epoch::pin().flush();
+                    }
+                })
+            };
+            while tree.total_chars() > 0 {
+                tree.step_paced();
+                thread::yield_now();
+            }
+            opener.join().unwrap();
+            for _ in 0..2 {
+                epoch::pin().flush();
+            }
+            assert_eq!(tree.total_chars(), 0);
+        });
+    }
+
     #[test]
     fn pieces_beside_a_split_under_the_anchor() {
         loom::model(|| {
