@@ -531,7 +531,7 @@ impl Housekeeper for Shared {
 
     fn close_passes(&self) {
         for m in self.models() {
-            if let Some((stats, _)) = m.tree.close_paced(false) {
+            if let Some(stats) = m.tree.close_paced(false) {
                 self.record(stats);
             }
         }

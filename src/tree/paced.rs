@@ -169,13 +169,12 @@ impl Tree {
         if !unsafe { self.engine.advance(&mut paced.pass, &guard, work) } {
             return None;
         }
-        Some(self.close_paced_locked(&mut paced, &guard, false).0)
+        Some(self.close_paced_locked(&mut paced, &guard, false))
     }
 
     /// Closes the open pass as it stands, or after finishing its work in this thread if
-    /// `finish`. Returns what the pass did, and whether this call finished work the pass had
-    /// left; `None` if no pass was open.
-    pub(crate) fn close_paced(&self, finish: bool) -> Option<(EvictionStats, bool)> {
+    /// `finish`. Returns what the pass did; `None` if no pass was open.
+    pub(crate) fn close_paced(&self, finish: bool) -> Option<EvictionStats> {
         let mut paced = self.engine.paced.lock();
         // No anchor: no pass open.
         paced.anchor.as_ref()?;
@@ -194,21 +193,15 @@ impl Tree {
             (_, true) => Watch::Active,
             (true, false) => {
                 let guard = epoch::pin();
-                Watch::Finished(self.close_paced_locked(&mut paced, &guard, true).0)
+                Watch::Finished(self.close_paced_locked(&mut paced, &guard, true))
             }
         }
     }
 
     /// Closes the open pass `paced` holds (finishing its work under `guard` first if
     /// `finish`): stops it, hands off what it unlinked under `guard` and unpins the anchor.
-    fn close_paced_locked(
-        &self,
-        paced: &mut Paced,
-        guard: &Guard,
-        finish: bool,
-    ) -> (EvictionStats, bool) {
-        let finished_here = finish && !paced.pass.is_done();
-        if finished_here {
+    fn close_paced_locked(&self, paced: &mut Paced, guard: &Guard, finish: bool) -> EvictionStats {
+        if finish && !paced.pass.is_done() {
             // SAFETY: the pass is open, so its anchor stays pinned until the end of this call.
             unsafe { self.engine.advance(&mut paced.pass, guard, usize::MAX) };
         }
@@ -216,7 +209,7 @@ impl Tree {
         self.engine.paced.open.store(false, Ordering::Relaxed);
         paced.pass.scratch.hand_off_unlinked(guard);
         paced.anchor = None;
-        (std::mem::take(&mut paced.pass.stats), finished_here)
+        std::mem::take(&mut paced.pass.stats)
     }
 
     /// Runs a whole pass from over `budget` to `target` in this thread, holding the pass's lock
@@ -324,14 +317,12 @@ mod tests {
         let (tree, _) = tree();
         let target = tree.total_chars() / 2;
         assert!(tree.try_open_paced(target + target / 3, target));
-        let (stats, finished_here) = tree.close_paced(true).unwrap();
-        assert!(finished_here);
+        let stats = tree.close_paced(true).unwrap();
         assert!(stats.nodes_removed > 0);
         assert!(tree.total_chars() <= target);
 
         assert!(tree.try_open_paced(1, 0));
-        let (stats, finished_here) = tree.close_paced(false).unwrap();
-        assert!(!finished_here);
+        let stats = tree.close_paced(false).unwrap();
         assert_eq!(
             stats.nodes_removed, 0,
             "a pass closed unfinished does nothing more"
@@ -394,6 +385,17 @@ mod loom_model {
     use crate::{ManualClock, Tree, TreeConfig};
     use crossbeam_epoch as epoch;
 
+    /// A one-shard tree holding `text` for tenant `t0`.
+    fn one_shard_tree_with(text: &str) -> Arc<Tree> {
+        let tree = Tree::with_config(TreeConfig {
+            shards: 1,
+            clock: ManualClock::new().into(),
+        })
+        .unwrap();
+        tree.insert(text, "t0");
+        Arc::new(tree)
+    }
+
     /// A request runs pieces of a paced pass (two work units each under loom) that another
     /// thread opened (pinning the anchor), while that thread splits the node the pass walked
     /// (an insert), tries to collect what the split retired, and closes the pass. Every
@@ -409,14 +411,7 @@ mod loom_model {
     #[test]
     fn a_pass_opened_in_another_thread_is_run_and_closed_here() {
         loom::model(|| {
-            let tree = Arc::new(
-                Tree::with_config(TreeConfig {
-                    shards: 1,
-                    clock: ManualClock::new().into(),
-                })
-                .unwrap(),
-            );
-            tree.insert("abcd", "t0");
+            let tree = one_shard_tree_with("abcd");
             let opener = {
                 let tree = tree.clone();
                 thread::spawn(move || {
@@ -441,14 +436,7 @@ mod loom_model {
     #[test]
     fn pieces_beside_a_split_under_the_anchor() {
         loom::model(|| {
-            let tree = Arc::new(
-                Tree::with_config(TreeConfig {
-                    shards: 1,
-                    clock: ManualClock::new().into(),
-                })
-                .unwrap(),
-            );
-            tree.insert("abcd", "t0");
+            let tree = one_shard_tree_with("abcd");
             let t1 = tree.tenant_id("t1").unwrap();
             assert!(tree.try_open_paced(1, 0));
             let request = {
