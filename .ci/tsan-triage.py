@@ -31,8 +31,7 @@ CLASSES = [
      lambda w, p, b: "crossbeam_epoch::deferred" in w or "Global>::collect" in w),
     ("a paced pass's state under its std Mutex: requests take it with try_lock (opening a pass, "
      "running a piece), the evictor's watch, close and whole passes with lock(), whose contended "
-     "path is "
-     "inside uninstrumented std",
+     "path is inside uninstrumented std",
      lambda w, p, b: any(
          f"Tree>::{f}" in w + p
          for f in ("close_paced", "watch_paced", "free_paced", "evict_whole_locked"))
