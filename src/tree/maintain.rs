@@ -544,14 +544,21 @@ impl Engine {
             if self.total_chars() <= max_total {
                 break;
             }
-            let guard = epoch::pin();
-            pass.start(max_total);
-            // SAFETY: every pointer the pass holds is loaded in this call, under `guard`.
-            unsafe { self.advance(&mut pass, &guard, usize::MAX) };
-            pass.stop();
-            pass.scratch.hand_off_unlinked(&guard);
+            self.run_whole_pass(&mut pass, max_total);
         }
         pass.stats
+    }
+
+    /// One whole pass toward `target` with `pass`'s scratch, under a guard of its own: started,
+    /// run and stopped in this call, and what it unlinked handed to `pass`'s reclaimer. Its
+    /// stats add to `pass.stats`.
+    pub(super) fn run_whole_pass(&self, pass: &mut Pass, target: usize) {
+        let guard = epoch::pin();
+        pass.start(target);
+        // SAFETY: every pointer the pass holds is loaded in this call, under `guard`.
+        unsafe { self.advance(pass, &guard, usize::MAX) };
+        pass.stop();
+        pass.scratch.hand_off_unlinked(&guard);
     }
 
     /// Runs `pass` on for at most `work` units (a node walked is one, a candidate taken

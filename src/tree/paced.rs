@@ -221,12 +221,7 @@ impl Tree {
         if paced.anchor.is_some() || self.total_chars() <= budget {
             return None;
         }
-        let guard = epoch::pin();
-        paced.pass.start(target);
-        // SAFETY: the pass starts and ends in this call, under `guard`.
-        unsafe { self.engine.advance(&mut paced.pass, &guard, usize::MAX) };
-        paced.pass.stop();
-        paced.pass.scratch.hand_off_unlinked(&guard);
+        self.engine.run_whole_pass(&mut paced.pass, target);
         Some(std::mem::take(&mut paced.pass.stats))
     }
 
