@@ -1,8 +1,8 @@
 //! Allocation behaviour, watched by a counting global allocator: the match path allocates
 //! nothing (`match_counts` and a cache-hit `match_and_insert`), dropping a policy frees its
 //! trees in the dropping thread, not later inside some other request, and what eviction
-//! unlinks is freed by the evictor when it runs whole passes, and a few entries per decision
-//! when requests run the passes in pieces.
+//! unlinks is freed by the evictor when it runs whole passes, by the caller of `run_eviction`
+//! when it drives them, and a few entries per decision when requests run the passes in pieces.
 
 mod common;
 
@@ -146,6 +146,45 @@ fn pieces_free_what_passes_evict_a_few_entries_at_a_time() {
         assert!(
             most <= 16 * label,
             "one decision freed {most} bytes of large blocks, over 16 labels"
+        );
+    });
+}
+
+/// With no evictor thread, `run_eviction` called from a maintenance thread between batches of
+/// requests frees what it evicts there (what one call unlinks, the next frees), not in the
+/// routing thread that collects the epoch's garbage.
+#[test]
+fn run_eviction_frees_what_it_evicts_in_its_own_thread_not_in_requests() {
+    isolated(|| {
+        let policy = CacheAwarePolicy::with_config(CacheAwareConfig {
+            eviction_interval_secs: 0,
+            max_tree_size: 100_000,
+            ..CacheAwareConfig::default()
+        });
+        let workers = fleet(4);
+        policy.init_workers(&workers);
+        let prompts: Vec<String> = (0..3000)
+            .map(|i| format!("{i:05} {}", "y".repeat(8 * 1024)))
+            .collect();
+        let mut freed_here = 0;
+        for batch in prompts.chunks(50) {
+            freed_here += large_bytes_freed_in(|| {
+                for p in batch {
+                    policy.select_worker(&workers, Some(p));
+                }
+            });
+            std::thread::scope(|s| {
+                s.spawn(|| policy.run_eviction());
+            });
+        }
+        let evicted = policy.metrics().evicted_chars;
+        assert!(
+            evicted > 1_000_000,
+            "run_eviction evicted only {evicted} chars"
+        );
+        assert!(
+            freed_here < evicted / 10,
+            "the routing thread freed {freed_here} bytes of large blocks; {evicted} chars were evicted"
         );
     });
 }

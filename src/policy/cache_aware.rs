@@ -15,7 +15,7 @@ use crate::evictor::{Evictor, Housekeeper, Waker};
 use crate::metrics::{Counters, MetricsSnapshot, WorkerStats};
 use crate::sync::{AtomicU64, Ordering};
 use crate::tenant::TenantId;
-use crate::tree::{EvictionStats, Watch};
+use crate::tree::{EvictionStats, OpenPass, Watch};
 use crate::worker::{LoadTicket, Worker};
 use crossbeam_epoch as epoch;
 use std::any::Any;
@@ -463,12 +463,18 @@ impl Shared {
         budget - budget / crate::constants::EVICTION_HEADROOM_DIVISOR
     }
 
-    /// Every tree over the budget trimmed in whole passes, in this thread.
+    /// Every tree over the budget trimmed in a whole pass, in this thread, on the tree's own
+    /// pass: a pass that requests opened is finished first, and what the pass unlinks comes
+    /// back to the tree's reclaimer, which the next call (or a piece, or the evictor) frees,
+    /// not whichever request collects the epoch's garbage. Frees first what came back since
+    /// the last call.
     fn evict_pass(&self) -> EvictionStats {
         let mut total = EvictionStats::default();
+        let (budget, target) = (self.config.max_tree_size, self.eviction_target());
         for m in self.models() {
-            if m.tree.total_chars() > self.config.max_tree_size {
-                total.add(m.tree.evict_to_total(self.eviction_target()));
+            m.tree.free_paced();
+            if let Some(stats) = m.tree.evict_whole_locked(budget, target, OpenPass::Finish) {
+                total.add(stats);
             }
         }
         self.record(total);
@@ -499,7 +505,10 @@ impl Housekeeper for Shared {
             // Under the tree's pass lock, on its own pass: what it unlinks comes back to the
             // tree's reclaimer, which this thread frees, not to whichever thread collects.
             let target = self.eviction_target();
-            if let Some(stats) = m.tree.evict_whole_locked(self.config.max_tree_size, target) {
+            if let Some(stats) =
+                m.tree
+                    .evict_whole_locked(self.config.max_tree_size, target, OpenPass::Leave)
+            {
                 total.add(stats);
                 evicted = true;
             }
@@ -676,7 +685,10 @@ impl CacheAwarePolicy {
     }
 
     /// One eviction pass now, as the evictor thread runs it: every model tree over
-    /// `max_tree_size` is trimmed, least recently used first, to 3/4 of it.
+    /// `max_tree_size` is trimmed, least recently used first, to 3/4 of it (a pass that
+    /// requests opened is finished first). What the pass unlinks is freed once no reader can
+    /// hold it, by a later call in the calling thread (or by the evictor, or requests' pieces),
+    /// never all at once inside a request.
     pub fn run_eviction(&self) -> EvictionStats {
         self.shared.evict_pass()
     }

@@ -36,7 +36,7 @@ use std::fmt;
 use walk::{Filter, Hint};
 
 pub use maintain::EvictionStats;
-pub(crate) use paced::Watch;
+pub(crate) use paced::{OpenPass, Watch};
 
 /// How a [`Tree`] is built.
 #[derive(Debug, Clone)]

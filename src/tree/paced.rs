@@ -78,6 +78,16 @@ struct Paced {
 // `Paced` uses them, and the mutex orders every use before the next.
 unsafe impl Send for Paced {}
 
+/// What a whole pass under the lock does with a paced pass it finds open.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub(crate) enum OpenPass {
+    /// Leaves it to the requests running it (the evictor's tick: its watch finishes passes
+    /// that requests stopped running).
+    Leave,
+    /// Finishes and closes it (`run_eviction`: every tree within its budget now).
+    Finish,
+}
+
 /// What the evictor's look at a tree's pass found.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Watch {
@@ -214,15 +224,32 @@ impl Tree {
 
     /// Runs a whole pass from over `budget` to `target` in this thread, holding the pass's lock
     /// throughout (no request sees it, so no anchor: every pointer it holds is loaded under this
-    /// call's guard), unless the tree is within its budget or a pass is open. What it unlinks
-    /// goes to the tree's reclaimer, like a paced pass's.
-    pub(crate) fn evict_whole_locked(&self, budget: usize, target: usize) -> Option<EvictionStats> {
+    /// call's guard). What it unlinks goes to the tree's reclaimer, like a paced pass's. A paced
+    /// pass found open is left to requests (`None`), or with [`OpenPass::Finish`] finished and
+    /// closed here first, its stats counted in the result. `None` also if the tree is within
+    /// its budget and no pass was closed.
+    pub(crate) fn evict_whole_locked(
+        &self,
+        budget: usize,
+        target: usize,
+        open: OpenPass,
+    ) -> Option<EvictionStats> {
         let mut paced = self.engine.paced.lock();
-        if paced.anchor.is_some() || self.total_chars() <= budget {
-            return None;
+        let mut closed = None;
+        if paced.anchor.is_some() {
+            if open == OpenPass::Leave {
+                return None;
+            }
+            let guard = epoch::pin();
+            closed = Some(self.close_paced_locked(&mut paced, &guard, true));
+        }
+        if self.total_chars() <= budget {
+            return closed;
         }
         self.engine.run_whole_pass(&mut paced.pass, target);
-        Some(std::mem::take(&mut paced.pass.stats))
+        let mut stats = closed.unwrap_or_default();
+        stats.add(std::mem::take(&mut paced.pass.stats));
+        Some(stats)
     }
 
     /// Frees what earlier paced passes unlinked whose grace period has passed, in this thread.
@@ -233,7 +260,7 @@ impl Tree {
 
 #[cfg(all(test, not(router_loom)))]
 mod tests {
-    use super::Watch;
+    use super::{OpenPass, Watch};
     use crate::{ManualClock, Tree, TreeConfig};
 
     /// A tree of 300 texts under 3 tenants, each recorded at its own tick, so LRU order is
@@ -333,17 +360,44 @@ mod tests {
     fn a_whole_pass_under_the_lock_leaves_open_passes_alone() {
         let (tree, _) = tree();
         let total = tree.total_chars();
-        assert!(tree.evict_whole_locked(total, 0).is_none(), "within budget");
+        assert!(
+            tree.evict_whole_locked(total, 0, OpenPass::Leave).is_none(),
+            "within budget"
+        );
         assert!(tree.try_open_paced(total - 1, total / 2));
         assert!(
-            tree.evict_whole_locked(total - 1, total / 2).is_none(),
+            tree.evict_whole_locked(total - 1, total / 2, OpenPass::Leave)
+                .is_none(),
             "a pass is open"
         );
         tree.close_paced(false);
-        let stats = tree.evict_whole_locked(total - 1, total / 2).unwrap();
+        let stats = tree
+            .evict_whole_locked(total - 1, total / 2, OpenPass::Leave)
+            .unwrap();
         assert!(stats.nodes_removed > 0);
         assert!(tree.total_chars() <= total / 2);
         assert!(!tree.paced_open());
+    }
+
+    #[test]
+    fn a_whole_pass_under_the_lock_can_finish_an_open_pass_first() {
+        let (whole, _) = tree();
+        let (tree, _) = tree();
+        let total = tree.total_chars();
+        let expected = whole.evict_to_total(total / 2);
+        assert!(tree.try_open_paced(total - 1, total / 2));
+        assert!(tree.step_paced().is_none(), "one piece does not finish it");
+        let stats = tree
+            .evict_whole_locked(total - 1, total / 2, OpenPass::Finish)
+            .unwrap();
+        assert!(!tree.paced_open(), "closed");
+        assert_eq!(stats, expected, "the pass's pieces counted, once");
+        assert_eq!(tree.total_chars(), whole.total_chars());
+        assert!(
+            tree.evict_whole_locked(total / 2, 0, OpenPass::Finish)
+                .is_none(),
+            "within budget, nothing open"
+        );
     }
 
     #[test]
