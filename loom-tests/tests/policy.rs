@@ -83,7 +83,9 @@ fn a_pass_a_request_opens_is_run_and_recorded() {
 
 /// Model 11: a crossing after a piece closed the tree's pass gets the next pass: the request
 /// that finds the tree over budget with no pass open opens one, whatever the evictor's watch is
-/// doing (looking, finishing the first pass, or asleep).
+/// doing (looking, finishing the first pass, running a whole pass, or asleep). Counted passes
+/// evict what they saw counted: with a `Relaxed` tree total a look's whole pass read the total
+/// over budget, saw none of the insert that made it so, and evicted nothing.
 #[test]
 fn a_crossing_after_a_piece_closed_the_pass_gets_the_next_pass() {
     model_with_routing_loop(|| {
@@ -102,11 +104,13 @@ fn a_crossing_after_a_piece_closed_the_pass_gets_the_next_pass() {
     });
 }
 
-/// Model 12: a pass a request opens as the evictor's watch falls asleep is finished by the watch
-/// even though no request runs another piece: either the watch sees the pass open after raising
-/// `sleeping`, or the request sees `sleeping` and wakes it (the Dekker handshake with `SeqCst`
-/// fences, `evictor.rs`). If both missed, the evictor would sleep with the pass open (loom's
-/// tick never comes) and this model would never end.
+/// Model 12: a request that pushes the tree over budget as the evictor's watch falls asleep gets
+/// the tree evicted by the watch even though no request follows: either the watch sees the pass
+/// the request opened (or, if the request's opening lost the pass's lock to a look, the tree
+/// over budget) after raising `sleeping`, or the request sees `sleeping` and wakes it (the
+/// Dekker handshake with `SeqCst` fences, `evictor.rs`). If both missed, the evictor would sleep
+/// with the tree over budget (loom's tick never comes) and this model would never end: it runs
+/// past the branch limit if only requests that open a pass wake the evictor.
 #[test]
 fn a_pass_opened_as_the_watch_falls_asleep_is_finished_by_it() {
     model_with_routing_loop(|| {

@@ -361,11 +361,12 @@ impl Shared {
     }
 
     /// Keeps `model`'s tree within its budget. With passes in requests (`tree/paced.rs`), a
-    /// request that finds the tree over budget and no pass open opens one (and wakes the
-    /// evictor's watch if it sleeps), and a request that finds a pass open runs a piece of it;
-    /// the piece that completes the pass closes it, and it is recorded here. With whole
-    /// passes, the first request to find the tree over budget wakes the evictor (one atomic
-    /// load when within it).
+    /// request that finds the tree over budget and no pass open opens one, every request that
+    /// finds it over budget wakes the evictor's watch if it sleeps (so a tree left over budget
+    /// by a request whose opening lost the pass's lock is not left there: `evictor.rs`), and a
+    /// request that finds a pass open runs a piece of it; the piece that completes the pass
+    /// closes it, and it is recorded here. With whole passes, the first request to find the
+    /// tree over budget wakes the evictor (one atomic load when within it).
     fn note_growth(&self, model: &ModelState) {
         let Some(waker) = &self.waker else {
             return;
@@ -380,20 +381,18 @@ impl Shared {
             }
             return;
         }
-        if over && !model.tree.paced_open() && self.open_pass(model) {
-            waker.pass_opened();
+        if over {
+            if !model.tree.paced_open() {
+                // Opens nothing if the lock shows the tree within its budget or a pass open,
+                // or another thread holds the lock.
+                let (budget, target) = (self.config.max_tree_size, self.eviction_target());
+                model.tree.try_open_paced(budget, target);
+            }
+            waker.over_budget();
         }
         if let Some(stats) = model.tree.step_paced() {
             self.record(stats);
         }
-    }
-
-    /// Opens a paced pass on `model`'s tree toward the eviction target, unless the tree is within
-    /// its budget, a pass is open or another thread holds it.
-    fn open_pass(&self, model: &ModelState) -> bool {
-        model
-            .tree
-            .try_open_paced(self.config.max_tree_size, self.eviction_target())
     }
 
     /// Registers workers `select_worker` sees for the first time.
@@ -520,11 +519,12 @@ impl Housekeeper for Shared {
 
     fn watch_passes(&self) -> bool {
         let mut active = false;
+        let (budget, target) = (self.config.max_tree_size, self.eviction_target());
         for m in self.models() {
-            match m.tree.watch_paced() {
+            match m.tree.watch_paced(budget, target) {
                 Watch::Idle => {}
                 Watch::Active => active = true,
-                Watch::Finished(stats) => {
+                Watch::Finished(stats) | Watch::Whole(stats) => {
                     let c = &self.counters.passes_finished_by_evictor;
                     c.fetch_add(1, Ordering::Relaxed);
                     self.record(stats);
@@ -532,10 +532,6 @@ impl Housekeeper for Shared {
             }
         }
         active
-    }
-
-    fn any_pass_open(&self) -> bool {
-        self.models().iter().any(|m| m.tree.paced_open())
     }
 
     fn close_passes(&self) {
@@ -890,5 +886,49 @@ impl fmt::Debug for CacheAwarePolicy {
             .field("tables", &self.shared.tables)
             .field("evictor", &self.evictor)
             .finish()
+    }
+}
+
+#[cfg(all(test, not(router_loom)))]
+mod tests {
+    use super::*;
+    use crate::BasicWorkerBuilder;
+    use std::time::Instant;
+
+    /// A request that pushes a tree over its budget while another thread holds the tree's pass
+    /// lock opens no pass. With no request after it, the evictor, asleep until then, is woken
+    /// by that request and its watch brings the tree under its budget, long before the hourly
+    /// tick.
+    #[test]
+    fn a_crossing_that_loses_the_pass_lock_is_evicted_by_the_watch() {
+        let policy = CacheAwarePolicy::with_config(CacheAwareConfig {
+            max_tree_size: 1_000,
+            eviction_interval_secs: 3600,
+            ..CacheAwareConfig::default()
+        });
+        let workers: Vec<Arc<dyn Worker>> =
+            vec![Arc::new(BasicWorkerBuilder::new("http://w0:8000").build())];
+        policy.select_worker(&workers, Some(&"a".repeat(900)));
+        let model = policy.shared.models()[0].clone();
+        let waker = policy.shared.waker.as_ref().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !waker.evictor_sleeps() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(waker.evictor_sleeps(), "the evictor never slept");
+        model.tree.with_pass_locked(|| {
+            std::thread::scope(|s| {
+                s.spawn(|| policy.select_worker(&workers, Some(&"b".repeat(900))));
+            });
+        });
+        assert!(!model.tree.paced_open(), "the crossing opened no pass");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while policy.metrics().eviction_passes == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let m = policy.metrics();
+        assert!(m.tree_chars[0].1 <= 750, "{m:?}");
+        assert_eq!(m.eviction_passes, 1, "{m:?}");
+        assert_eq!(m.passes_finished_by_evictor, 1, "{m:?}");
     }
 }

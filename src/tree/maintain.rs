@@ -424,7 +424,7 @@ impl<'s, 'g> Walk<'s, 'g> {
 
 impl Engine {
     pub(crate) fn total_chars(&self) -> usize {
-        let raw = self.total.load(Ordering::Relaxed);
+        let raw = self.total.load(Ordering::Acquire);
         if raw > isize::MAX as usize {
             0
         } else {

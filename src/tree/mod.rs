@@ -11,8 +11,13 @@
 //! - `reclaim.rs`: evicted nodes freed by the evictor thread rather than by requests.
 //!
 //! The tree-wide char total is one atomic on its own cache line. It moves together with tenant
-//! counts, right after the slot CAS that attaches or detaches a tenant (see `tenant.rs`), with
-//! `Relaxed` ordering for the same reason: it publishes nothing and is exact at rest.
+//! counts, right after the slot CAS that attaches or detaches a tenant (see `tenant.rs`), and is
+//! exact at rest. Unlike the tenant counts it publishes: every change is a `Release` RMW and
+//! every read `Acquire`, so a thread that reads the tree over its budget sees the nodes and
+//! attaches that put it there (all RMWs, so each change heads a release sequence the later ones
+//! continue). An eviction pass started on that read can then remove them: loom model 11 found a
+//! whole pass that read a `Relaxed` total over budget, saw none of the insert that made it so,
+//! and evicted nothing. On x86 both cost what `Relaxed` does.
 
 mod children;
 mod label;
@@ -146,13 +151,13 @@ impl Engine {
 
     fn counted_attach(&self, id: TenantId, chars: usize) {
         self.registry.add_chars(id, chars);
-        self.total.fetch_add(chars, Ordering::Relaxed);
+        self.total.fetch_add(chars, Ordering::Release);
         self.registry.set_live(id, true);
     }
 
     fn counted_detach(&self, id: TenantId, chars: usize) {
         self.registry.sub_chars(id, chars);
-        self.total.fetch_sub(chars, Ordering::Relaxed);
+        self.total.fetch_sub(chars, Ordering::Release);
     }
 }
 

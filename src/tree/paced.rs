@@ -37,9 +37,11 @@
 //! Orderings: `open` is a hint that saves requests the `try_lock` when no pass is open; the
 //! mutex orders everything the pass holds, so `Relaxed` suffices. A request that reads a stale
 //! `false` skips a piece (or opens nothing: `try_open_paced` looks again under the lock); one
-//! that reads a stale `true` finds the pass closed under the lock. The evictor's sleep reads
-//! `open` in a Dekker handshake with the request that opens a pass (`evictor.rs`): the opener
-//! stores it, under the lock, before its `SeqCst` fence.
+//! that reads a stale `true` finds the pass closed under the lock. A request that opens no pass
+//! (it lost the lock, or read `open` stale) may leave the tree over budget with no pass coming:
+//! the evictor's watch, which reads the pass under the lock and the tree's size after its
+//! `SeqCst` fence in a Dekker handshake with every request that finds the tree over budget
+//! (`evictor.rs`), runs a whole pass on it.
 //!
 //! What a pass unlinks goes into its batch (`reclaim.rs`), handed off at close; after the grace
 //! period the pieces of later passes free it, `PACED_FREE_ENTRIES` at a time (the evictor frees
@@ -91,12 +93,16 @@ pub(crate) enum OpenPass {
 /// What the evictor's look at a tree's pass found.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Watch {
-    /// No pass open, and none opened since the last look.
+    /// No pass open, none opened since the last look, and the tree within its budget.
     Idle,
     /// A pass opened since the last look (open now or not).
     Active,
     /// A pass open since before the last look, which this look finished and closed.
     Finished(EvictionStats),
+    /// No pass open or opened since the last look, but the tree over its budget (the request
+    /// that pushed it over lost the pass's lock, or read a pass open that then closed): this
+    /// look ran a whole pass under the lock.
+    Whole(EvictionStats),
 }
 
 impl PacedEviction {
@@ -193,12 +199,17 @@ impl Tree {
     }
 
     /// The evictor's look: finishes and closes a pass that was open at its previous look
-    /// already (no traffic runs it), and notes the passes opened since.
-    pub(crate) fn watch_paced(&self) -> Watch {
+    /// already (no traffic runs it), runs a whole pass from over `budget` to `target` if no
+    /// pass is open or was opened since and the tree is over its budget (no request will open
+    /// one if none comes), and notes the passes opened since.
+    pub(crate) fn watch_paced(&self, budget: usize, target: usize) -> Watch {
         let mut paced = self.engine.paced.lock();
         let fresh = paced.opened != paced.watched;
         paced.watched = paced.opened;
         match (paced.anchor.is_some(), fresh) {
+            (false, false) if self.total_chars() > budget => {
+                Watch::Whole(self.whole_pass_locked(&mut paced, target))
+            }
             (false, false) => Watch::Idle,
             (_, true) => Watch::Active,
             (true, false) => {
@@ -246,15 +257,31 @@ impl Tree {
         if self.total_chars() <= budget {
             return closed;
         }
-        self.engine.run_whole_pass(&mut paced.pass, target);
         let mut stats = closed.unwrap_or_default();
-        stats.add(std::mem::take(&mut paced.pass.stats));
+        stats.add(self.whole_pass_locked(&mut paced, target));
         Some(stats)
+    }
+
+    /// A whole pass to `target` on the tree's own pass, whose lock the caller holds with no
+    /// pass open; returns what it did.
+    fn whole_pass_locked(&self, paced: &mut Paced, target: usize) -> EvictionStats {
+        self.engine.run_whole_pass(&mut paced.pass, target);
+        std::mem::take(&mut paced.pass.stats)
     }
 
     /// Frees what earlier paced passes unlinked whose grace period has passed, in this thread.
     pub(crate) fn free_paced(&self) {
         self.engine.paced.lock().pass.scratch.free_unlinked();
+    }
+}
+
+/// For the policy's tests: a request's view of a pass's lock that another thread holds.
+#[cfg(all(test, not(router_loom)))]
+impl Tree {
+    /// Runs `f` while this thread holds the pass's lock, as a piece or the evictor's look does.
+    pub(crate) fn with_pass_locked<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _held = self.engine.paced.lock();
+        f()
     }
 }
 
@@ -404,25 +431,46 @@ mod tests {
     fn the_watch_finishes_only_a_pass_it_saw_open_before() {
         let (tree, _) = tree();
         let total = tree.total_chars();
-        assert_eq!(tree.watch_paced(), Watch::Idle);
+        // Looks with the budget at the tree's size: a tree within it.
+        let look = || tree.watch_paced(total, total / 2);
+        assert_eq!(look(), Watch::Idle);
 
         // Opened and finished by requests between two looks: active, then idle.
         assert!(tree.try_open_paced(total - 9, total - 10));
         while tree.step_paced().is_none() {}
-        assert_eq!(tree.watch_paced(), Watch::Active);
-        assert_eq!(tree.watch_paced(), Watch::Idle);
+        assert_eq!(look(), Watch::Active);
+        assert_eq!(look(), Watch::Idle);
 
         // Left open: the first look notes it, the second finishes it.
         assert!(tree.try_open_paced(total / 2 + 1, total / 2));
         tree.step_paced();
-        assert_eq!(tree.watch_paced(), Watch::Active);
-        let Watch::Finished(stats) = tree.watch_paced() else {
+        assert_eq!(look(), Watch::Active);
+        let Watch::Finished(stats) = look() else {
             panic!("a pass open at two looks is finished by the second");
         };
         assert!(stats.nodes_removed > 0);
         assert!(!tree.paced_open());
         assert!(tree.total_chars() <= total / 2);
-        assert_eq!(tree.watch_paced(), Watch::Idle);
+        assert_eq!(look(), Watch::Idle);
+    }
+
+    #[test]
+    fn the_watch_runs_a_whole_pass_on_a_tree_over_budget_with_no_pass() {
+        let (whole, _) = tree();
+        let (tree, _) = tree();
+        let total = tree.total_chars();
+        let expected = whole.evict_to_total(total / 2);
+        // A pass opened since the last look is left to requests, even with the tree over.
+        assert!(tree.try_open_paced(total - 1, total - 2));
+        tree.close_paced(false);
+        assert_eq!(tree.watch_paced(total - 1, total / 2), Watch::Active);
+        assert_eq!(
+            tree.watch_paced(total - 1, total / 2),
+            Watch::Whole(expected)
+        );
+        assert!(!tree.paced_open(), "a whole pass leaves no pass open");
+        assert_eq!(tree.total_chars(), whole.total_chars());
+        assert_eq!(tree.watch_paced(total - 1, total / 2), Watch::Idle);
     }
 }
 
