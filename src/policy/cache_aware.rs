@@ -4,6 +4,15 @@
 //! `Arc` address (no URL comparison) → one tree descent that matches, lets the rule choose, and
 //! inserts → worker index (→ load ticket on the native API). The tables are copied on write, so
 //! registrations never stop routing; see `models.rs` and `cow.rs`.
+//!
+//! Orderings of the atomics here: the tie-break state and the cost-aware running mean are
+//! `Relaxed` (each a hint that publishes nothing; a lost update only repeats a draw or skews
+//! the mean by one request). `wake_pending` (whole passes) is a `Relaxed` flag that only
+//! spares the evictor duplicate wakes: the channel orders the wake. `eviction_passes` is bumped
+//! with `Release` after a pass's other counters and read first with `Acquire` by a snapshot
+//! (`metrics.rs`). Passes in requests add one `SeqCst` fence per request that finds its tree
+//! over budget, the request's half of the Dekker handshake with the evictor's sleep
+//! (`evictor.rs`, in `Waker::over_budget`).
 
 use super::config::{CacheAwareConfig, ConfigError, MissRule, SelectionRule};
 use super::models::{tree_key, ModelState, Registered, Tables};
@@ -26,8 +35,9 @@ use std::time::Duration;
 
 /// Routes by prefix-cache affinity while load is balanced, by load when it is not (the seed's
 /// `CacheAwarePolicy`), over per-model lock-free trees, with an evictor thread that stops when
-/// the policy is dropped. By default the evictor opens each eviction pass and requests run it
-/// in pieces of a few microseconds after their decisions (see
+/// the policy is dropped. By default the request that pushes a tree over its budget opens an
+/// eviction pass and the requests that follow run it in pieces of about a microsecond after
+/// their decisions; the evictor only watches (see
 /// [`CacheAwarePolicyBuilder::whole_passes_in_evictor`]).
 pub struct CacheAwarePolicy {
     shared: Arc<Shared>,
@@ -71,9 +81,9 @@ impl CacheAwarePolicyBuilder {
         self
     }
 
-    /// Runs each eviction pass whole in the evictor thread, instead of opening it there and
-    /// leaving it to requests, which run it in pieces of a few microseconds after their
-    /// decisions (the default). A whole pass takes 60-170 us: where routing leaves a core idle
+    /// Runs each eviction pass whole in the evictor thread, woken by the first request to find
+    /// a tree over budget, instead of leaving it to requests, which open it and run it in
+    /// pieces of about a microsecond after their decisions (the default). A whole pass takes 60-170 us: where routing leaves a core idle
     /// for the evictor that costs requests nothing, but where routing keeps every core busy
     /// the pass lands inside some decision, which waits for all of it (BENCHMARKS.md section
     /// 3 measures both).
