@@ -107,10 +107,12 @@ pub struct MetricsSnapshot {
     pub evicted_chars: usize,
     /// Tree nodes unlinked by eviction.
     pub evicted_nodes: usize,
-    /// Passes the evictor finished itself because requests had not run them to the end between
-    /// two of its looks (50 ms apart): where requests run the passes in pieces (the default), a
-    /// sign of too little traffic to carry them (harmless: the evictor then has the cores), or
-    /// of pieces that do not run. Always 0 with whole passes in the evictor.
+    /// Passes the evictor ran or finished itself because requests did not: a pass that
+    /// requests had not run to the end between two of its looks (50 ms apart), or a whole pass
+    /// on a tree left over budget with no pass opened (the request that pushed it over lost the
+    /// pass's lock, and none followed). Where requests run the passes in pieces (the default),
+    /// a sign of too little traffic to carry them (harmless: the evictor then has the cores),
+    /// or of pieces that do not run. Always 0 with whole passes in the evictor.
     pub passes_finished_by_evictor: usize,
     /// Chars stored per model tree.
     pub tree_chars: Vec<(String, usize)>,

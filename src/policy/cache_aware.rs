@@ -83,10 +83,10 @@ impl CacheAwarePolicyBuilder {
 
     /// Runs each eviction pass whole in the evictor thread, woken by the first request to find
     /// a tree over budget, instead of leaving it to requests, which open it and run it in
-    /// pieces of about a microsecond after their decisions (the default). A whole pass takes 60-170 us: where routing leaves a core idle
-    /// for the evictor that costs requests nothing, but where routing keeps every core busy
-    /// the pass lands inside some decision, which waits for all of it (BENCHMARKS.md section
-    /// 3 measures both).
+    /// pieces of about a microsecond after their decisions (the default). A whole pass takes
+    /// 60-170 us: where routing leaves a core idle for the evictor that costs requests nothing,
+    /// but where routing keeps every core busy the pass lands inside some decision, which
+    /// waits for all of it (BENCHMARKS.md section 3 measures both).
     pub fn whole_passes_in_evictor(mut self, whole: bool) -> Self {
         self.whole_passes = whole;
         self

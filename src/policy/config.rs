@@ -23,9 +23,9 @@ pub enum SelectionRule {
     #[default]
     Threshold,
     /// Cost-aware: every eligible worker is scored by its queued work plus the prefill it would
-    /// still have to do, `load x half the mean request chars + unmatched chars`, where its match is the
-    /// longest prefix of the prompt it holds; the lowest score wins. A long match wins only
-    /// while the worker's queue does not cost more than the prefill it saves.
+    /// still have to do, `load x half the mean request chars + unmatched chars`, where its
+    /// match is the longest prefix of the prompt it holds; the lowest score wins. A long match
+    /// wins only while the worker's queue does not cost more than the prefill it saves.
     CostAware,
 }
 
