@@ -308,7 +308,10 @@ impl Tree {
     }
 
     /// Detaches tenants from their least recently used leaves, all tenants in one LRU order,
-    /// until the whole tree holds at most `max_total` chars: the per-tree budget.
+    /// until the whole tree holds at most `max_total` chars: the per-tree budget. What it
+    /// unlinks is freed through the epoch once no reader can hold it, by whichever thread
+    /// collects next (the policy's own passes free it in the evictor or a few entries at a
+    /// time instead: [`crate::CacheAwarePolicy::run_eviction`]).
     pub fn evict_to_total(&self, max_total: usize) -> EvictionStats {
         self.engine.evict_to_total(max_total)
     }
