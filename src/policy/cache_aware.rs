@@ -905,6 +905,14 @@ mod tests {
     use crate::BasicWorkerBuilder;
     use std::time::Instant;
 
+    /// Polls `what` every millisecond for up to 10 s.
+    fn wait_until(what: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !what() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     /// A request that pushes a tree over its budget while another thread holds the tree's pass
     /// lock opens no pass. With no request after it, the evictor, asleep until then, is woken
     /// by that request and its watch brings the tree under its budget, long before the hourly
@@ -921,10 +929,7 @@ mod tests {
         policy.select_worker(&workers, Some(&"a".repeat(900)));
         let model = policy.shared.models()[0].clone();
         let waker = policy.shared.waker.as_ref().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !waker.evictor_sleeps() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_until(|| waker.evictor_sleeps());
         assert!(waker.evictor_sleeps(), "the evictor never slept");
         model.tree.with_pass_locked(|| {
             std::thread::scope(|s| {
@@ -932,10 +937,7 @@ mod tests {
             });
         });
         assert!(!model.tree.paced_open(), "the crossing opened no pass");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while policy.metrics().eviction_passes == 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_until(|| policy.metrics().eviction_passes > 0);
         let m = policy.metrics();
         assert!(m.tree_chars[0].1 <= 750, "{m:?}");
         assert_eq!(m.eviction_passes, 1, "{m:?}");
