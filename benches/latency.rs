@@ -5,9 +5,8 @@
 //! inserting, so the pair compares different work), cold replays (a fresh router per replay:
 //! both insert every prompt), and cold replays on one routing thread (the evictor has a core
 //! to itself), which separates what eviction costs a request from what a third busy thread
-//! on two saturated cores costs. By default requests run the evictor's passes in pieces; the
-//! cold evicting scenarios are also run with each pass whole in the evictor thread
-//! (`whole passes` rows). Every figure is also given as a multiple of
+//! on two saturated cores costs. Requests evict themselves: the one whose insert takes the tree
+//! over its budget trims it back. Every figure is also given as a multiple of
 //! the floor of the median request (comparing it with an equal copy). On Linux it also counts
 //! how often the routing threads slept (voluntary context switches: lock waits, which lock-free
 //! code should not have, but glibc's malloc arenas do) and how much CPU the evictor took. The
@@ -84,8 +83,6 @@ fn record(router: &dyn Router, texts: &[String], passes: usize, threads: usize) 
 struct Evicted {
     passes: usize,
     nodes: usize,
-    /// Passes the evictor finished itself (its watch saw them open at two looks).
-    by_evictor: usize,
 }
 
 /// Replays `texts` `passes` times, each through a fresh router from `make` (built and dropped
@@ -104,7 +101,6 @@ fn record_cold(
         let m = router.policy.metrics();
         evicted.passes += m.eviction_passes;
         evicted.nodes += m.evicted_nodes;
-        evicted.by_evictor += m.passes_finished_by_evictor;
         drop(router);
         match &mut total {
             None => total = Some(run),
@@ -257,8 +253,8 @@ fn main() {
     row("ours, no eviction", &ours_plain, floor);
     drop(ours);
 
-    // Eviction on: requests open a pass whenever the tree crosses the budget, which this
-    // workload does continually; the evictor watches, and ticks every second.
+    // Eviction on: the request that takes the tree over its budget trims it, which this
+    // workload does continually; the evictor ticks every second.
     let ours = Ours::new(8, 1, budget);
     let ours_evict = record(&ours, &texts, ours_passes, 2);
     let m = ours.policy.metrics();
@@ -276,12 +272,6 @@ fn main() {
     row("ours cold 1t, no eviction", &cold_plain_1t, floor);
     let (cold_evict_1t, _) = record_cold(bounded, &texts, ours_passes, 1);
     row("ours cold 1t, evicting", &cold_evict_1t, floor);
-    // The same two evicting scenarios with each pass run whole in the evictor thread.
-    let whole = || Ours::with_passes(8, 1, budget, true);
-    let (whole_evict, whole_evicted) = record_cold(whole, &texts, ours_passes, 2);
-    row("whole passes cold, evicting", &whole_evict, floor);
-    let (whole_evict_1t, _) = record_cold(whole, &texts, ours_passes, 1);
-    row("whole passes cold 1t, evict", &whole_evict_1t, floor);
 
     let base = Base::new(8, None, usize::MAX);
     let base_plain = record(&base, &texts, passes, 2);
@@ -297,8 +287,8 @@ fn main() {
     std::mem::forget(base);
 
     println!(
-        "\nours, evicting: {} passes ({} finished by the evictor) removed {} nodes ({} chars); ours cold, evicting: {} passes ({} by the evictor) removed {} nodes; whole passes cold: {} passes removed {} nodes;",
-        m.eviction_passes, m.passes_finished_by_evictor, m.evicted_nodes, m.evicted_chars, cold_evicted.passes, cold_evicted.by_evictor, cold_evicted.nodes, whole_evicted.passes, whole_evicted.nodes
+        "\nours, evicting: {} evictions removed {} nodes ({} chars); ours cold, evicting: {} evictions removed {} nodes;",
+        m.eviction_passes, m.evicted_nodes, m.evicted_chars, cold_evicted.passes, cold_evicted.nodes
     );
     if let Some(ms) = evictor_ms {
         println!(
@@ -320,17 +310,10 @@ fn main() {
         ratio(&cold_evict, &cold_plain, 0.99),
         ratio(&cold_evict_1t, &cold_plain_1t, 0.99),
     );
-    println!(
-        "whole passes in the evictor, p99.9 evicting / not evicting: {:.2}x cold, {:.2}x cold on 1 thread (p99: {:.2}x, {:.2}x)",
-        ratio(&whole_evict, &cold_plain, 0.999),
-        ratio(&whole_evict_1t, &cold_plain_1t, 0.999),
-        ratio(&whole_evict, &cold_plain, 0.99),
-        ratio(&whole_evict_1t, &cold_plain_1t, 0.99),
-    );
-    let sizes = |whole: bool| {
+    let sizes = || {
         (0..5)
             .map(|_| {
-                let router = Ours::with_passes(8, 1, budget, whole);
+                let router = Ours::new(8, 1, budget);
                 let (peak, mean) = tree_over_budget(&router, &texts, budget);
                 format!("{peak:.2} ({mean:.2})")
             })
@@ -338,9 +321,8 @@ fn main() {
             .join(", ")
     };
     println!(
-        "tree size / budget, peak (mean), in 5 cold 2-thread replays each (sampled every 50 us): pieces {}; whole passes {}",
-        sizes(false),
-        sizes(true)
+        "tree size / budget, peak (mean), in 5 cold 2-thread replays (sampled every 50 us): {}",
+        sizes()
     );
     println!(
         "ours p99.9 / floor p99.9 (no eviction): {:.1}x; baseline p99.9 / ours p99.9 (evicting): {:.0}x; p50: {:.0}x",

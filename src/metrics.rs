@@ -5,9 +5,9 @@
 //! cells, a thread picks its cell once (a hash of its id, at first use), and a snapshot sums the cells.
 //! `Relaxed`, with one exception: counters publish nothing, and a snapshot taken while requests
 //! run is a moment's approximation by nature. The exception is `eviction_passes`, bumped last
-//! with `Release` at the end of a pass and read first with `Acquire` by a snapshot, so a reader
+//! with `Release` at the end of an eviction and read first with `Acquire` by a snapshot, so a reader
 //! that sees a pass counted also sees what it did (its evicted counts and the smaller trees).
-//! Loom found this: with all-`Relaxed` counters a snapshot could report a finished pass next to
+//! Loom found this: with all-`Relaxed` counters a snapshot could report a finished eviction next to
 //! the tree sizes from before it.
 
 use crate::constants::STRIPES;
@@ -55,7 +55,6 @@ pub(crate) struct Counters {
     pub(crate) eviction_passes: AtomicUsize,
     pub(crate) evicted_chars: AtomicUsize,
     pub(crate) evicted_nodes: AtomicUsize,
-    pub(crate) passes_finished_by_evictor: AtomicUsize,
 }
 
 impl Counters {
@@ -68,7 +67,6 @@ impl Counters {
             eviction_passes: AtomicUsize::new(0),
             evicted_chars: AtomicUsize::new(0),
             evicted_nodes: AtomicUsize::new(0),
-            passes_finished_by_evictor: AtomicUsize::new(0),
         }
     }
 }
@@ -101,19 +99,13 @@ pub struct MetricsSnapshot {
     pub load_balancing_events: u64,
     /// Requests refused because no healthy worker was available.
     pub no_worker: u64,
-    /// Eviction passes run (by the evictor thread or `run_eviction`).
+    /// Evictions that freed something: by a request that took its tree over budget, by the
+    /// evictor's tick, or by `run_eviction`.
     pub eviction_passes: usize,
     /// Chars freed by eviction (summed over tenants).
     pub evicted_chars: usize,
     /// Tree nodes unlinked by eviction.
     pub evicted_nodes: usize,
-    /// Passes the evictor ran or finished itself because requests did not: a pass that
-    /// requests had not run to the end between two of its looks (50 ms apart), or a whole pass
-    /// on a tree left over budget with no pass opened (the request that pushed it over lost the
-    /// pass's lock, and none followed). Where requests run the passes in pieces (the default),
-    /// a sign of too little traffic to carry them (harmless: the evictor then has the cores),
-    /// or of pieces that do not run. Always 0 with whole passes in the evictor.
-    pub passes_finished_by_evictor: usize,
     /// Chars stored per model tree.
     pub tree_chars: Vec<(String, usize)>,
     /// Per registered worker (removed workers are left out).

@@ -7,21 +7,17 @@
 //! why the loom suite sets both cfgs. No other file imports `std::sync::atomic` directly.
 
 #[cfg(not(router_loom))]
-pub(crate) use std::sync::atomic::{
-    fence, AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering,
-};
+pub(crate) use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 #[cfg(not(router_loom))]
-pub(crate) use std::sync::{Arc, Mutex, MutexGuard};
+pub(crate) use std::sync::Arc;
 #[cfg(not(router_loom))]
 pub(crate) use std::thread;
 
 #[cfg(router_loom)]
-pub(crate) use loom::sync::atomic::{
-    fence, AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering,
-};
+pub(crate) use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 #[cfg(router_loom)]
 pub(crate) use loom::sync::Arc;
 #[cfg(router_loom)]
-pub(crate) use loom::sync::{Condvar, Mutex, MutexGuard};
+pub(crate) use loom::sync::{Condvar, Mutex};
 #[cfg(router_loom)]
 pub(crate) use loom::thread;

@@ -164,24 +164,12 @@ pub(crate) struct Ours {
 
 impl Ours {
     pub(crate) fn new(workers: usize, eviction_secs: u64, max_tree_size: usize) -> Self {
-        Self::with_passes(workers, eviction_secs, max_tree_size, false)
-    }
-
-    /// `whole_passes`: the evictor runs each eviction pass whole, instead of requests running
-    /// it in pieces (`CacheAwarePolicyBuilder::whole_passes_in_evictor`).
-    pub(crate) fn with_passes(
-        workers: usize,
-        eviction_secs: u64,
-        max_tree_size: usize,
-        whole_passes: bool,
-    ) -> Self {
         let policy = CacheAwarePolicy::builder()
             .config(CacheAwareConfig {
                 eviction_interval_secs: eviction_secs,
                 max_tree_size,
                 ..CacheAwareConfig::default()
             })
-            .whole_passes_in_evictor(whole_passes)
             .build()
             .expect("a valid config");
         let workers: Vec<Arc<dyn Worker>> = (0..workers)

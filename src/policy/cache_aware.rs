@@ -5,14 +5,13 @@
 //! inserts → worker index (→ load ticket on the native API). The tables are copied on write, so
 //! registrations never stop routing; see `models.rs` and `cow.rs`.
 //!
+//! Eviction is part of the path: a request whose insert takes its tree over the budget trims
+//! it back (`tree/evict.rs`) before it returns, at a cost proportional to what it evicts.
+//!
 //! Orderings of the atomics here: the tie-break state and the cost-aware running mean are
 //! `Relaxed` (each a hint that publishes nothing; a lost update only repeats a draw or skews
-//! the mean by one request). `wake_pending` (whole passes) is a `Relaxed` flag that only
-//! spares the evictor duplicate wakes: the channel orders the wake. `eviction_passes` is bumped
-//! with `Release` after a pass's other counters and read first with `Acquire` by a snapshot
-//! (`metrics.rs`). Passes in requests add one `SeqCst` fence per request that finds its tree
-//! over budget, the request's half of the Dekker handshake with the evictor's sleep
-//! (`evictor.rs`, in `Waker::over_budget`).
+//! the mean by one request). `eviction_passes` is bumped with `Release` after an eviction's
+//! other counters and read first with `Acquire` by a snapshot (`metrics.rs`).
 
 use super::config::{CacheAwareConfig, ConfigError, MissRule, SelectionRule};
 use super::models::{tree_key, ModelState, Registered, Tables};
@@ -20,11 +19,11 @@ use super::LoadBalancingPolicy;
 use crate::constants::INLINE_WORKERS;
 use crate::cow::CowCell;
 use crate::error::RouteError;
-use crate::evictor::{Evictor, Housekeeper, Waker};
+use crate::evictor::{Evictor, Housekeeper};
 use crate::metrics::{Counters, MetricsSnapshot, WorkerStats};
 use crate::sync::{AtomicU64, Ordering};
 use crate::tenant::TenantId;
-use crate::tree::{EvictionStats, OpenPass, Watch};
+use crate::tree::EvictionStats;
 use crate::worker::{LoadTicket, Worker};
 use crossbeam_epoch as epoch;
 use std::any::Any;
@@ -34,11 +33,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Routes by prefix-cache affinity while load is balanced, by load when it is not (the seed's
-/// `CacheAwarePolicy`), over per-model lock-free trees, with an evictor thread that stops when
-/// the policy is dropped. By default the request that pushes a tree over its budget opens an
-/// eviction pass and the requests that follow run it in pieces of about a microsecond after
-/// their decisions; the evictor only watches (see
-/// [`CacheAwarePolicyBuilder::whole_passes_in_evictor`]).
+/// `CacheAwarePolicy`), over per-model lock-free trees. The request whose insert takes a tree
+/// over `max_tree_size` evicts the stalest leaves until the tree is back under it, at a cost
+/// proportional to what it evicts; an evictor thread, stopped when the policy is dropped,
+/// trims idle trees and frees retired nodes on each tick.
 pub struct CacheAwarePolicy {
     shared: Arc<Shared>,
     evictor: Option<Evictor>,
@@ -51,7 +49,6 @@ pub struct CacheAwarePolicyBuilder {
     miss_rule: MissRule,
     selection: SelectionRule,
     tie_seed: Option<u64>,
-    whole_passes: bool,
 }
 
 impl CacheAwarePolicyBuilder {
@@ -81,22 +78,10 @@ impl CacheAwarePolicyBuilder {
         self
     }
 
-    /// Runs each eviction pass whole in the evictor thread, woken by the first request to find
-    /// a tree over budget, instead of leaving it to requests, which open it and run it in
-    /// pieces of about a microsecond after their decisions (the default). A whole pass takes
-    /// 60-170 us: where routing leaves a core idle for the evictor that costs requests nothing,
-    /// but where routing keeps every core busy the pass lands inside some decision, which
-    /// waits for all of it (BENCHMARKS.md section 3 measures both).
-    pub fn whole_passes_in_evictor(mut self, whole: bool) -> Self {
-        self.whole_passes = whole;
-        self
-    }
-
     /// The policy; fails on an invalid config or if the evictor thread cannot start.
     pub fn build(self) -> Result<CacheAwarePolicy, ConfigError> {
         self.config.validate()?;
         let interval = self.config.eviction_interval_secs;
-        let (waker, mailbox) = Evictor::channel();
         let shared = Arc::new(Shared {
             config: self.config,
             miss_rule: self.miss_rule,
@@ -107,13 +92,12 @@ impl CacheAwarePolicyBuilder {
                 .map(|seed| AtomicU64::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)),
             tables: CowCell::new(Tables::default()),
             counters: Counters::new(),
-            waker: (interval > 0).then_some(waker),
-            passes_in_requests: !self.whole_passes,
+            evicts: interval > 0,
         });
         let evictor = if interval > 0 {
             let target: Arc<dyn Housekeeper> = shared.clone();
             Some(
-                Evictor::spawn(target, Duration::from_secs(interval), mailbox)
+                Evictor::spawn(target, Duration::from_secs(interval))
                     .map_err(|e| ConfigError::EvictorSpawn(e.to_string()))?,
             )
         } else {
@@ -208,9 +192,9 @@ struct Shared {
     ties: Option<AtomicU64>,
     tables: CowCell<Tables>,
     counters: Counters,
-    waker: Option<Waker>,
-    /// Whether requests run the evictor's passes in pieces (`tree/paced.rs`).
-    passes_in_requests: bool,
+    /// Whether trees are kept within `max_tree_size` (`eviction_interval_secs > 0`, as in the
+    /// seed, where 0 starts no eviction thread).
+    evicts: bool,
 }
 
 thread_local! {
@@ -370,39 +354,22 @@ impl Shared {
         Some((chosen.index, hit))
     }
 
-    /// Keeps `model`'s tree within its budget. With passes in requests (`tree/paced.rs`), a
-    /// request that finds the tree over budget and no pass open opens one, every request that
-    /// finds it over budget wakes the evictor's watch if it sleeps (so a tree left over budget
-    /// by a request whose opening lost the pass's lock is not left there: `evictor.rs`), and a
-    /// request that finds a pass open runs a piece of it; the piece that completes the pass
-    /// closes it, and it is recorded here. With whole passes, the first request to find the
-    /// tree over budget wakes the evictor (one atomic load when within it).
+    /// Keeps `model`'s tree within its budget: a request that finds it over (after its own
+    /// insert) trims it to the eviction target, stalest leaves first. One atomic load when the
+    /// tree is within its budget.
     fn note_growth(&self, model: &ModelState) {
-        let Some(waker) = &self.waker else {
-            return;
-        };
-        let over = model.tree.total_chars() > self.config.max_tree_size;
-        if !self.passes_in_requests {
-            if over
-                && !model.wake_pending.load(Ordering::Relaxed)
-                && !model.wake_pending.swap(true, Ordering::Relaxed)
-            {
-                waker.wake();
-            }
-            return;
+        if self.evicts && model.tree.total_chars() > self.config.max_tree_size {
+            self.trim(model);
         }
-        if over {
-            if !model.tree.paced_open() {
-                // Opens nothing if the lock shows the tree within its budget or a pass open,
-                // or another thread holds the lock.
-                let (budget, target) = (self.config.max_tree_size, self.eviction_target());
-                model.tree.try_open_paced(budget, target);
-            }
-            waker.over_budget();
-        }
-        if let Some(stats) = model.tree.step_paced() {
+    }
+
+    /// Trims `model`'s tree to the eviction target and records it, if it evicted anything.
+    fn trim(&self, model: &ModelState) -> EvictionStats {
+        let stats = model.tree.evict_to_total(self.eviction_target());
+        if stats != EvictionStats::default() {
             self.record(stats);
         }
+        stats
     }
 
     /// Registers workers `select_worker` sees for the first time.
@@ -472,21 +439,16 @@ impl Shared {
         budget - budget / crate::constants::EVICTION_HEADROOM_DIVISOR
     }
 
-    /// Every tree over the budget trimmed in a whole pass, in this thread, on the tree's own
-    /// pass: a pass that requests opened is finished first, and what the pass unlinks comes
-    /// back to the tree's reclaimer, which the next call (or a piece, or the evictor) frees,
-    /// not whichever request collects the epoch's garbage. Frees first what came back since
-    /// the last call.
-    fn evict_pass(&self) -> EvictionStats {
+    /// Every tree over the budget trimmed to the eviction target, in this thread, then what
+    /// evictions retired freed as far as no reader holds it.
+    fn evict_all(&self) -> EvictionStats {
         let mut total = EvictionStats::default();
-        let (budget, target) = (self.config.max_tree_size, self.eviction_target());
         for m in self.models() {
-            m.tree.free_paced();
-            if let Some(stats) = m.tree.evict_whole_locked(budget, target, OpenPass::Finish) {
-                total.add(stats);
+            if m.tree.total_chars() > self.config.max_tree_size {
+                total.add(self.trim(&m));
             }
         }
-        self.record(total);
+        crate::tree::collect_retired();
         total
     }
 
@@ -501,61 +463,8 @@ impl Shared {
 }
 
 impl Housekeeper for Shared {
-    fn passes_in_requests(&self) -> bool {
-        self.passes_in_requests
-    }
-
-    fn evict_whole(&self) {
-        let mut total = EvictionStats::default();
-        let mut evicted = false;
-        for m in self.models() {
-            // Cleared first: a request that crosses the budget during the pass wakes again.
-            m.wake_pending.store(false, Ordering::Relaxed);
-            // Under the tree's pass lock, on its own pass: what it unlinks comes back to the
-            // tree's reclaimer, which this thread frees, not to whichever thread collects.
-            let target = self.eviction_target();
-            if let Some(stats) =
-                m.tree
-                    .evict_whole_locked(self.config.max_tree_size, target, OpenPass::Leave)
-            {
-                total.add(stats);
-                evicted = true;
-            }
-        }
-        if evicted {
-            self.record(total);
-        }
-    }
-
-    fn watch_passes(&self) -> bool {
-        let mut active = false;
-        let (budget, target) = (self.config.max_tree_size, self.eviction_target());
-        for m in self.models() {
-            match m.tree.watch_paced(budget, target) {
-                Watch::Idle => {}
-                Watch::Active => active = true,
-                Watch::Finished(stats) | Watch::Whole(stats) => {
-                    let c = &self.counters.passes_finished_by_evictor;
-                    c.fetch_add(1, Ordering::Relaxed);
-                    self.record(stats);
-                }
-            }
-        }
-        active
-    }
-
-    fn close_passes(&self) {
-        for m in self.models() {
-            if let Some(stats) = m.tree.close_paced(false) {
-                self.record(stats);
-            }
-        }
-    }
-
-    fn free_unlinked(&self) {
-        for m in self.models() {
-            m.tree.free_paced();
-        }
+    fn tick(&self) {
+        self.evict_all();
     }
 }
 
@@ -690,13 +599,13 @@ impl CacheAwarePolicy {
         Ok(LoadTicket::new(worker.clone(), index, hit))
     }
 
-    /// One eviction pass now, as the evictor thread runs it: every model tree over
-    /// `max_tree_size` is trimmed, least recently used first, to 3/4 of it (a pass that
-    /// requests opened is finished first). What the pass unlinks is freed once no reader can
-    /// hold it, by a later call in the calling thread (or by the evictor, or requests' pieces),
-    /// never all at once inside a request.
+    /// Eviction now, as the evictor thread runs it on each tick: every model tree over
+    /// `max_tree_size` is trimmed, stalest leaves first, to 63/64 of it, and what evictions
+    /// retired is freed in this thread as far as no reader still holds it. Requests already
+    /// keep their trees within budget; this is for a caller that runs no evictor
+    /// (`eviction_interval_secs = 0`), or wants the memory back now.
     pub fn run_eviction(&self) -> EvictionStats {
-        self.shared.evict_pass()
+        self.shared.evict_all()
     }
 
     /// The counters, per-worker load and tree sizes at this moment.
@@ -738,7 +647,6 @@ impl CacheAwarePolicy {
             eviction_passes,
             evicted_chars: c.evicted_chars.load(Ordering::Relaxed),
             evicted_nodes: c.evicted_nodes.load(Ordering::Relaxed),
-            passes_finished_by_evictor: c.passes_finished_by_evictor.load(Ordering::Relaxed),
             tree_chars: tables
                 .models
                 .iter()
@@ -903,44 +811,51 @@ impl fmt::Debug for CacheAwarePolicy {
 mod tests {
     use super::*;
     use crate::BasicWorkerBuilder;
-    use std::time::Instant;
 
-    /// Polls `what` every millisecond for up to 10 s.
-    fn wait_until(what: impl Fn() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !what() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-
-    /// A request that pushes a tree over its budget while another thread holds the tree's pass
-    /// lock opens no pass. With no request after it, the evictor, asleep until then, is woken
-    /// by that request and its watch brings the tree under its budget, long before the hourly
-    /// tick.
-    #[test]
-    fn a_crossing_that_loses_the_pass_lock_is_evicted_by_the_watch() {
+    fn one_worker_policy(budget: usize, interval: u64) -> (CacheAwarePolicy, Vec<Arc<dyn Worker>>) {
         let policy = CacheAwarePolicy::with_config(CacheAwareConfig {
-            max_tree_size: 1_000,
-            eviction_interval_secs: 3600,
+            max_tree_size: budget,
+            eviction_interval_secs: interval,
             ..CacheAwareConfig::default()
         });
         let workers: Vec<Arc<dyn Worker>> =
             vec![Arc::new(BasicWorkerBuilder::new("http://w0:8000").build())];
-        policy.select_worker(&workers, Some(&"a".repeat(900)));
-        let model = policy.shared.models()[0].clone();
-        let waker = policy.shared.waker.as_ref().unwrap();
-        wait_until(|| waker.evictor_sleeps());
-        assert!(waker.evictor_sleeps(), "the evictor never slept");
-        model.tree.with_pass_locked(|| {
-            std::thread::scope(|s| {
-                s.spawn(|| policy.select_worker(&workers, Some(&"b".repeat(900))));
-            });
-        });
-        assert!(!model.tree.paced_open(), "the crossing opened no pass");
-        wait_until(|| policy.metrics().eviction_passes > 0);
+        (policy, workers)
+    }
+
+    /// The request that takes a tree over its budget brings it back under before it returns:
+    /// no thread to wait for, and the oldest text goes first.
+    #[test]
+    fn a_request_that_crosses_the_budget_trims_the_tree_itself() {
+        let (policy, workers) = one_worker_policy(1_000, 3600);
+        for (i, c) in ["a", "b", "c"].iter().enumerate() {
+            policy.select_worker(&workers, Some(&c.repeat(400)));
+            let m = policy.metrics();
+            assert!(m.tree_chars[0].1 <= 1_000, "after request {i}: {m:?}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
         let m = policy.metrics();
-        assert!(m.tree_chars[0].1 <= 750, "{m:?}");
-        assert_eq!(m.eviction_passes, 1, "{m:?}");
-        assert_eq!(m.passes_finished_by_evictor, 1, "{m:?}");
+        assert_eq!((m.eviction_passes, m.evicted_chars), (1, 400), "{m:?}");
+        let tree = &policy.shared.models()[0].tree;
+        assert_eq!(
+            tree.match_counts(&"a".repeat(400)).matched_chars,
+            0,
+            "oldest went"
+        );
+        assert_eq!(tree.match_counts(&"c".repeat(400)).matched_chars, 400);
+    }
+
+    /// With `eviction_interval_secs = 0` (the seed's "no eviction"), requests leave the tree
+    /// as it is, and `run_eviction` trims it on demand.
+    #[test]
+    fn no_interval_no_eviction_until_asked() {
+        let (policy, workers) = one_worker_policy(1_000, 0);
+        for c in ["a", "b", "c"] {
+            policy.select_worker(&workers, Some(&c.repeat(400)));
+        }
+        assert_eq!(policy.metrics().tree_chars[0].1, 1_200);
+        let stats = policy.run_eviction();
+        assert_eq!(stats.chars_freed, 400);
+        assert_eq!(policy.metrics().tree_chars[0].1, 800);
     }
 }

@@ -7,7 +7,7 @@
 //! a caller keeps passing it to `select_worker`.
 
 use crate::constants::MAX_TENANTS;
-use crate::sync::{AtomicBool, AtomicU64, Ordering};
+use crate::sync::{AtomicU64, Ordering};
 use crate::tenant::TenantId;
 use crate::tree::Tree;
 use crate::worker::Worker;
@@ -27,9 +27,6 @@ pub(crate) struct ModelState {
     pub(crate) name: Box<str>,
     pub(crate) tree: Tree,
     removed: Box<[AtomicU64]>,
-    /// Whole passes: set by the request that first sees the tree over budget (and wakes the
-    /// evictor); cleared by the evictor's run.
-    pub(crate) wake_pending: AtomicBool,
 }
 
 impl ModelState {
@@ -40,7 +37,6 @@ impl ModelState {
             removed: (0..MAX_TENANTS.div_ceil(64))
                 .map(|_| AtomicU64::new(0))
                 .collect(),
-            wake_pending: AtomicBool::new(false),
         }
     }
 

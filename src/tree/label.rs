@@ -6,6 +6,9 @@
 
 use std::sync::Arc;
 
+/// Bytes of a shared buffer outside a label that never make it worth a copy of its own.
+const WASTE_SLACK: usize = 64;
+
 /// A slice `start..end` of a shared UTF-8 buffer.
 #[derive(Clone)]
 pub(crate) struct Label {
@@ -33,6 +36,21 @@ impl Label {
 
     pub(crate) fn len(&self) -> usize {
         self.end - self.start
+    }
+
+    /// Whether the label is a small part of the buffer it shares: once the nodes holding the
+    /// rest are gone, a copy of its own frees the rest (`compacted`).
+    pub(crate) fn wastes(&self) -> bool {
+        self.buf.len() > 2 * self.len() + WASTE_SLACK
+    }
+
+    /// This label, in a buffer of its own if it `wastes` its buffer, else sharing it.
+    pub(crate) fn compacted(&self) -> Label {
+        if self.wastes() {
+            Label::new(self.as_str())
+        } else {
+            self.clone()
+        }
     }
 
     /// The labels of the two halves when split at byte `at` (a char boundary, `0 < at < len`).
@@ -200,6 +218,12 @@ mod tests {
         let (u, d) = l.split_at(3);
         assert_eq!((u.as_str(), d.as_str()), ("hé", "llo"));
         assert!(Arc::ptr_eq(&u.buf, &d.buf));
+        let long = Label::new(&"x".repeat(1000));
+        let (short, _) = long.split_at(10);
+        assert!(short.wastes());
+        let own = short.compacted();
+        assert_eq!((own.as_str(), own.buf.len()), ("x".repeat(10).as_str(), 10));
+        assert!(!own.wastes() && !long.wastes());
         assert_eq!(first_char("héllo", 1), 'é' as u32);
         assert_eq!(char_count("héllo"), 5);
     }

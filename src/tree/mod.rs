@@ -6,25 +6,24 @@
 //! - `children.rs`: copy-on-write child arrays;
 //! - `node.rs`: nodes and the replace protocol (split, compact, unlink);
 //! - `walk.rs`: the match descent and the insert walk;
-//! - `maintain.rs`: eviction, tenant removal and whole-tree reports;
-//! - `paced.rs`: eviction passes run in pieces by requests, anchored by the evictor's pin;
-//! - `reclaim.rs`: evicted nodes freed by the evictor thread rather than by requests.
+//! - `evict.rs`: the budget's eviction, a best-first descent to the stalest leaves whose cost
+//!   is what it evicts;
+//! - `maintain.rs`: the seed's per-tenant eviction, tenant removal and whole-tree reports.
 //!
 //! The tree-wide char total is one atomic on its own cache line. It moves together with tenant
 //! counts, right after the slot CAS that attaches or detaches a tenant (see `tenant.rs`), and is
 //! exact at rest. Unlike the tenant counts it publishes: every change is a `Release` RMW and
 //! every read `Acquire`, so a thread that reads the tree over its budget sees the nodes and
 //! attaches that put it there (all RMWs, so each change heads a release sequence the later ones
-//! continue). An eviction pass started on that read can then remove them: loom model 11 found a
-//! whole pass that read a `Relaxed` total over budget, saw none of the insert that made it so,
-//! and evicted nothing. On x86 both cost what `Relaxed` does.
+//! continue). An eviction started on that read can then remove them: with a `Relaxed` total, a
+//! loom model once found an eviction that read the total over budget, saw none of the insert
+//! that made it so, and evicted nothing. On x86 both cost what `Relaxed` does.
 
 mod children;
+mod evict;
 mod label;
 mod maintain;
 mod node;
-mod paced;
-mod reclaim;
 mod tenants;
 mod walk;
 
@@ -40,8 +39,8 @@ use std::collections::HashMap;
 use std::fmt;
 use walk::{Filter, Hint};
 
+pub(crate) use evict::collect_retired;
 pub use maintain::EvictionStats;
-pub(crate) use paced::{OpenPass, Watch};
 
 /// How a [`Tree`] is built.
 #[derive(Debug, Clone)]
@@ -135,7 +134,6 @@ pub(crate) struct Engine {
     registry: TenantRegistry,
     total: CachePadded<AtomicUsize>,
     clock: Clock,
-    paced: paced::PacedEviction,
 }
 
 impl Engine {
@@ -203,7 +201,6 @@ impl Tree {
                 registry: TenantRegistry::new(),
                 total: CachePadded::new(AtomicUsize::new(0)),
                 clock: config.clock,
-                paced: paced::PacedEviction::new(),
             },
         })
     }
@@ -307,11 +304,12 @@ impl Tree {
         self.engine.evict_tenants_over(max_chars)
     }
 
-    /// Detaches tenants from their least recently used leaves, all tenants in one LRU order,
-    /// until the whole tree holds at most `max_total` chars: the per-tree budget. What it
-    /// unlinks is freed through the epoch once no reader can hold it, by whichever thread
-    /// collects next (the policy's own passes free it in the evictor or a few entries at a
-    /// time instead: [`crate::CacheAwarePolicy::run_eviction`]).
+    /// Detaches tenants from the stalest leaves, all tenants together, until the whole tree
+    /// holds at most `max_total` chars: the per-tree budget. Its cost is what it evicts: it
+    /// opens the subtrees used longest ago first (exact LRU order where no node has more than
+    /// 16 children, sampled LRU past that) and walks nothing else. What it unlinks is freed
+    /// through the epoch once no reader can hold it, about as much of it by this call as it
+    /// unlinked. Runs alongside matches and inserts without stopping them.
     pub fn evict_to_total(&self, max_total: usize) -> EvictionStats {
         self.engine.evict_to_total(max_total)
     }

@@ -19,10 +19,14 @@
 //!    so each decides it alike, and the evictor's most frequent replacement saves one CAS.
 //! 4. **Swap it in.** CAS the parent's child array for one where the entry whose node *is* this
 //!    node (by identity, never by first char) points to the successor, or is gone. The thread
-//!    whose CAS succeeds retires the node and the old array: through the epoch, or, in an
-//!    eviction pass, into the pass's batch, which the evictor frees itself (`reclaim.rs`). If
+//!    whose CAS succeeds retires the node and the old array through the epoch. If
 //!    the node is no longer in the parent's array, someone else finished step 4. If the parent
 //!    is itself frozen, the caller restarts from its shard root and helps the parent first.
+//!
+//! A copy (`COMPACT`, or `REMOVE` of a node that is no empty leaf) also gives the node a label
+//! of its own when its label is a small part of the buffer it shares (`Label::compacted`):
+//! eviction compacts the parent of each leaf it unlinks that way, so a live label does not keep
+//! the text of evicted nodes alive.
 //!
 //! Every step can be done by any thread, so a stalled thread never blocks the others: a thread
 //! that meets a claimed node finishes the replacement itself.
@@ -41,7 +45,6 @@
 
 use super::children::{self, Child, ChildArray, FROZEN_CHILDREN};
 use super::label::{char_count, first_char, Label};
-use super::reclaim::Unlinked;
 use super::tenants::{self, SlotArray};
 use crate::sync::{AtomicU64, Ordering};
 use crate::tenant::TenantId;
@@ -73,14 +76,6 @@ pub(crate) enum Intent {
     Compact,
     /// Unlink the node if it is an empty leaf (else, like `Compact`).
     Remove,
-}
-
-/// Where the thread that swaps a node out of the tree puts what it took out.
-pub(crate) enum Retire<'a> {
-    /// Through the epoch: freed by whichever thread collects after the grace period.
-    Defer,
-    /// Into an eviction pass's batch, which the evictor frees itself (see `reclaim.rs`).
-    Into(&'a mut Unlinked),
 }
 
 /// A replacement could not be finished because the parent is itself being replaced.
@@ -140,12 +135,11 @@ impl Node {
 ///
 /// `Ok` once `node` is out of `parent`'s child array (by this thread or another): `Ok(true)` if
 /// it was replaced by nothing (unlinked). `Err` if `parent`'s children are frozen: restart from
-/// the shard root, which finds and helps `parent`. If this thread's swap takes `node` out, what
-/// it took out goes to `retire`.
+/// the shard root, which finds and helps `parent`. If this thread's swap takes `node` out, it
+/// retires what it took out through the epoch.
 pub(crate) fn finish_replace<'g>(
     parent: &'g Node,
     node: Shared<'g, Node>,
-    retire: Retire<'_>,
     guard: &'g Guard,
 ) -> Result<bool, ParentFrozen> {
     // SAFETY: `node` was loaded under `guard` from a child array, so it is not freed before
@@ -211,24 +205,14 @@ pub(crate) fn finish_replace<'g>(
                     true => n.children.load(Ordering::Acquire, guard).with_tag(0),
                     false => Shared::null(),
                 };
-                match retire {
-                    // SAFETY: `array`, `node` and `own` are now unreachable from the tree;
-                    // readers that still hold them are pinned, and the epoch frees them after
-                    // those unpin.
-                    Retire::Defer => unsafe {
-                        guard.defer_destroy(array);
-                        if !own.is_null() {
-                            guard.defer_destroy(own);
-                        }
-                        guard.defer_destroy(node);
-                    },
-                    Retire::Into(batch) => {
-                        batch.array(array);
-                        if !own.is_null() {
-                            batch.array(own);
-                        }
-                        batch.node(node);
+                // SAFETY: `array`, `node` and `own` are now unreachable from the tree; readers
+                // that still hold them are pinned, and the epoch frees them after those unpin.
+                unsafe {
+                    guard.defer_destroy(array);
+                    if !own.is_null() {
+                        guard.defer_destroy(own);
                     }
+                    guard.defer_destroy(node);
                 }
                 return Ok(successor.is_null());
             }
@@ -271,7 +255,7 @@ fn build_successor<'g>(n: &Node, intent: Intent, guard: &'g Guard) -> Shared<'g,
             Owned::new(upper).into_shared(guard)
         }
         Intent::Compact | Intent::Remove => {
-            let copy = Node::new(n.label.clone(), n.chars, slots());
+            let copy = Node::new(n.label.compacted(), n.chars, slots());
             copy.children.store(kids, Ordering::Relaxed);
             Owned::new(copy).into_shared(guard)
         }

@@ -82,6 +82,9 @@ pub(crate) enum Detach {
     Detached,
     Absent,
     Frozen,
+    /// The tenant's tick is newer than the detach allows: a request used the node after the
+    /// evictor read it, so it stays.
+    Newer,
 }
 
 /// A node's slot array, fixed at construction: in the node itself when `INLINE_SLOTS` are
@@ -193,7 +196,10 @@ fn refresh_value(slot: &AtomicU64, v: u64, tick: u64) {
     }
 }
 
-pub(crate) fn detach(slots: &Slots, id: TenantId) -> Detach {
+/// Detaches `id` if its tick is at most `at_most` (`MAX_TICK`: whatever it is). The tick is
+/// checked on the value the CAS replaces, so a refresh that lands first always wins: eviction
+/// never takes a node from a tenant that used it after the evictor chose it.
+pub(crate) fn detach(slots: &Slots, id: TenantId, at_most: u64) -> Detach {
     let want = tag_for(id);
     for slot in slots {
         let mut v = slot.load(Ordering::Acquire);
@@ -202,6 +208,8 @@ pub(crate) fn detach(slots: &Slots, id: TenantId) -> Detach {
                 return Detach::Frozen;
             }
             match tag_of(v) {
+                #[cfg(not(router_loom_broken_detach))]
+                t if t == want && tick_of(v) > at_most => return Detach::Newer,
                 t if t == want => match slot.compare_exchange(
                     v,
                     encode(DEAD_TAG, 0),
@@ -251,6 +259,22 @@ pub(crate) fn has_live(slots: &Slots) -> bool {
     live(slots).next().is_some()
 }
 
+/// The oldest and the newest tick of the live tenants, if any.
+pub(crate) fn tick_range(slots: &Slots) -> Option<(u64, u64)> {
+    live(slots).fold(None, |range, (_, t)| match range {
+        None => Some((t, t)),
+        Some((lo, hi)) => Some((lo.min(t), hi.max(t))),
+    })
+}
+
+/// The live tenant with the oldest tick (the first in slot order on ties).
+pub(crate) fn oldest(slots: &Slots) -> Option<(TenantId, u64)> {
+    live(slots).fold(None, |best, (id, t)| match best {
+        Some((_, b)) if b <= t => best,
+        _ => Some((id, t)),
+    })
+}
+
 /// Freezes every slot; afterwards `live` returns the same answer forever.
 pub(crate) fn freeze(slots: &Slots) {
     for slot in slots {
@@ -281,12 +305,19 @@ mod tests {
         assert_eq!(attach(&slots, id(4), 1), Attach::Attached);
         assert_eq!(attach(&slots, id(6), 1), Attach::Attached);
         assert_eq!(attach(&slots, id(5), 1), Attach::Full);
-        assert_eq!(detach(&slots, id(3)), Detach::Detached);
-        assert_eq!(detach(&slots, id(3)), Detach::Absent);
+        assert_eq!(
+            detach(&slots, id(3), 8),
+            Detach::Newer,
+            "used at 9, after 8"
+        );
+        assert_eq!(detach(&slots, id(3), 9), Detach::Detached);
+        assert_eq!(detach(&slots, id(3), MAX_TICK), Detach::Absent);
         assert_eq!(
             live(&slots).collect::<Vec<_>>(),
             vec![(id(4), 1), (id(6), 1)]
         );
+        assert_eq!(tick_range(&slots), Some((1, 1)));
+        assert_eq!(oldest(&slots), Some((id(4), 1)), "the first on ties");
         // The DEAD slot is not reused: the array is full until rebuilt.
         assert_eq!(attach(&slots, id(3), 1), Attach::Full);
     }
@@ -297,7 +328,7 @@ mod tests {
         freeze(&slots);
         assert_eq!(attach(&slots, id(2), 1), Attach::Frozen);
         assert_eq!(attach(&slots, id(1), 9), Attach::Frozen);
-        assert_eq!(detach(&slots, id(1)), Detach::Frozen);
+        assert_eq!(detach(&slots, id(1), MAX_TICK), Detach::Frozen);
         assert_eq!(live(&slots).collect::<Vec<_>>(), vec![(id(1), 4)]);
     }
 
@@ -318,5 +349,41 @@ mod tests {
         assert_eq!(capacity_for(0), 2);
         assert_eq!(capacity_for(1), 3);
         assert_eq!(capacity_for(8), 16);
+    }
+}
+
+/// Loom model of the tick-conditioned detach (run by `.ci/loom`; with
+/// `--cfg router_loom_broken_detach` the detach ignores the tick, and the model must fail).
+#[cfg(all(test, router_loom))]
+mod loom_model {
+    use super::*;
+    use crate::sync::{thread, Arc};
+
+    /// Eviction read a leaf's tick as 1 and detaches it "if still at most 1", while a request
+    /// refreshes it to 3. If the request then sees its tick at 3 (its refresh landed), the
+    /// detach must not take the node: the request used it after the evictor chose it.
+    #[test]
+    fn loom_model_eviction_never_takes_a_leaf_just_used() {
+        loom::model(|| {
+            let id = TenantId::from_index(0);
+            let slots = Arc::new(new_slots(&[(id, 1)], 1));
+            let evictor = {
+                let slots = slots.clone();
+                thread::spawn(move || detach(&slots, id, 1))
+            };
+            refresh(&slots, id, 3);
+            let used = tick(&slots, id) == Some(3);
+            let outcome = evictor.join().unwrap();
+            if used {
+                assert_eq!(
+                    outcome,
+                    Detach::Newer,
+                    "detached after a use it did not see"
+                );
+                assert_eq!(tick(&slots, id), Some(3));
+            } else {
+                assert_eq!(outcome, Detach::Detached);
+            }
+        });
     }
 }

@@ -15,7 +15,7 @@
 
 use super::children::{self, Child, FROZEN_CHILDREN};
 use super::label::{char_count, common_prefix, first_char};
-use super::node::{finish_replace, Intent, Node, Retire};
+use super::node::{finish_replace, Intent, Node};
 use super::tenants::{self, Attach};
 use super::Engine;
 use crate::constants::PATH_CAPACITY;
@@ -177,12 +177,7 @@ impl Engine {
                 if array.tag() & FROZEN_CHILDREN != 0 {
                     // Our current node is being replaced: help, then retry from the top.
                     let parent = parent.expect("roots are never frozen");
-                    let _ = finish_replace(
-                        parent,
-                        Shared::from(node as *const Node),
-                        Retire::Defer,
-                        guard,
-                    );
+                    let _ = finish_replace(parent, Shared::from(node as *const Node), guard);
                     continue 'restart;
                 }
                 // SAFETY: loaded from a child pointer under `guard`.
@@ -211,7 +206,7 @@ impl Engine {
                     // Diverges inside the edge: split it at `k`, then retry this node.
                     // If another intent holds it, finishing that one is what lets us retry.
                     c.claim(Intent::Split(k));
-                    if finish_replace(node, child_ptr, Retire::Defer, guard).is_err() {
+                    if finish_replace(node, child_ptr, guard).is_err() {
                         continue 'restart;
                     }
                     continue;
@@ -221,7 +216,7 @@ impl Engine {
                     Attach::Attached => self.counted_attach(id, c.chars),
                     Attach::Full | Attach::Frozen => {
                         c.claim(Intent::Compact);
-                        if finish_replace(node, child_ptr, Retire::Defer, guard).is_err() {
+                        if finish_replace(node, child_ptr, guard).is_err() {
                             continue 'restart;
                         }
                         continue;
