@@ -13,6 +13,7 @@
 //! the mean by one request). `eviction_passes` is bumped with `Release` after an eviction's
 //! other counters and read first with `Acquire` by a snapshot (`metrics.rs`).
 
+use super::budget::Budget;
 use super::config::{CacheAwareConfig, ConfigError, MissRule, SelectionRule};
 use super::models::{tree_key, ModelState, Registered, Tables};
 use super::LoadBalancingPolicy;
@@ -82,6 +83,7 @@ impl CacheAwarePolicyBuilder {
     pub fn build(self) -> Result<CacheAwarePolicy, ConfigError> {
         self.config.validate()?;
         let interval = self.config.eviction_interval_secs;
+        let budget = Budget::new(&self.config);
         let shared = Arc::new(Shared {
             config: self.config,
             miss_rule: self.miss_rule,
@@ -92,7 +94,7 @@ impl CacheAwarePolicyBuilder {
                 .map(|seed| AtomicU64::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)),
             tables: CowCell::new(Tables::default()),
             counters: Counters::new(),
-            evicts: interval > 0,
+            budget,
         });
         let evictor = if interval > 0 {
             let target: Arc<dyn Housekeeper> = shared.clone();
@@ -192,9 +194,7 @@ struct Shared {
     ties: Option<AtomicU64>,
     tables: CowCell<Tables>,
     counters: Counters,
-    /// Whether trees are kept within `max_tree_size` (`eviction_interval_secs > 0`, as in the
-    /// seed, where 0 starts no eviction thread).
-    evicts: bool,
+    budget: Budget,
 }
 
 thread_local! {
@@ -350,26 +350,10 @@ impl Shared {
         } else {
             c.cache_misses.add(1);
         }
-        self.note_growth(model);
-        Some((chosen.index, hit))
-    }
-
-    /// Keeps `model`'s tree within its budget: a request that finds it over (after its own
-    /// insert) trims it to the eviction target, stalest leaves first. One atomic load when the
-    /// tree is within its budget.
-    fn note_growth(&self, model: &ModelState) {
-        if self.evicts && model.tree.total_chars() > self.config.max_tree_size {
-            self.trim(model);
-        }
-    }
-
-    /// Trims `model`'s tree to the eviction target and records it, if it evicted anything.
-    fn trim(&self, model: &ModelState) -> EvictionStats {
-        let stats = model.tree.evict_to_total(self.eviction_target());
-        if stats != EvictionStats::default() {
+        if let Some(stats) = self.budget.after_insert(&model.tree) {
             self.record(stats);
         }
-        stats
+        Some((chosen.index, hit))
     }
 
     /// Registers workers `select_worker` sees for the first time.
@@ -433,19 +417,14 @@ impl Shared {
         self.tables.load(&guard).models.clone()
     }
 
-    /// What a pass trims a tree over the budget to.
-    fn eviction_target(&self) -> usize {
-        let budget = self.config.max_tree_size;
-        budget - budget / crate::constants::EVICTION_HEADROOM_DIVISOR
-    }
-
     /// Every tree over the budget trimmed to the eviction target, in this thread, then what
     /// evictions retired freed as far as no reader holds it.
     fn evict_all(&self) -> EvictionStats {
         let mut total = EvictionStats::default();
         for m in self.models() {
-            if m.tree.total_chars() > self.config.max_tree_size {
-                total.add(self.trim(&m));
+            if let Some(stats) = self.budget.trim(&m.tree) {
+                self.record(stats);
+                total.add(stats);
             }
         }
         crate::tree::collect_retired();
@@ -457,7 +436,7 @@ impl Shared {
         c.evicted_chars.fetch_add(s.chars_freed, Ordering::Relaxed);
         c.evicted_nodes
             .fetch_add(s.nodes_removed, Ordering::Relaxed);
-        // Last, with Release: a snapshot that sees this pass counted sees its effects.
+        // Last, with Release: a snapshot that sees this eviction counted sees its effects.
         c.eviction_passes.fetch_add(1, Ordering::Release);
     }
 }

@@ -1,5 +1,6 @@
 //! Routing policies: the seed's `LoadBalancingPolicy` trait and the cache-aware policy.
 
+mod budget;
 mod cache_aware;
 mod config;
 mod models;
