@@ -29,13 +29,6 @@ CLASSES = [
      lambda w, p, b: "crossbeam_channel::" in w and "crossbeam_channel::" in p),
     ("epoch-deferred free racing a pinned reader (the epoch's SeqCst fences are invisible)",
      lambda w, p, b: "crossbeam_epoch::deferred" in w or "Global>::collect" in w),
-    ("a paced pass's state under its std Mutex: requests take it with try_lock (opening a pass, "
-     "running a piece), the evictor's watch, close and whole passes with lock(), whose contended "
-     "path is inside uninstrumented std",
-     lambda w, p, b: any(
-         f"Tree>::{f}" in w + p
-         for f in ("close_paced", "watch_paced", "free_paced", "evict_whole_locked"))
-     and any(f"Tree>::{f}" in w + p for f in ("step_paced", "try_open_paced"))),
 ]
 
 

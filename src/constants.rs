@@ -49,9 +49,9 @@ pub(crate) const EVICTION_PASSES: usize = 4;
 
 /// A tree over its budget is trimmed to `budget - budget / EVICTION_HEADROOM_DIVISOR`, by the
 /// request whose insert took it over. Eviction costs what it evicts (`tree/evict.rs`), so the
-/// headroom only sets how often a request pays for a batch, and how large one is: 1/64 is about
-/// 55 K chars on the churn bench's budget (a few leaves of Mooncake prompts), one eviction every
-/// few requests under sustained new text (BENCHMARKS.md, churn).
+/// headroom only sets how often a request pays for a batch, and how large one is: 1/64 is 46 K
+/// chars on the churn bench's budget, about 11 nodes of Mooncake prompts per eviction; 1/256
+/// measured the same within the noise (BENCHMARKS.md section 4).
 pub(crate) const EVICTION_HEADROOM_DIVISOR: usize = 64;
 
 /// Children of one node that eviction keys when it opens the node (`tree/evict.rs`): all of

@@ -6,7 +6,7 @@
 //! `Relaxed`, with one exception: counters publish nothing, and a snapshot taken while requests
 //! run is a moment's approximation by nature. The exception is `eviction_passes`, bumped last
 //! with `Release` at the end of an eviction and read first with `Acquire` by a snapshot, so a reader
-//! that sees a pass counted also sees what it did (its evicted counts and the smaller trees).
+//! that sees an eviction counted also sees what it did (its evicted counts and the smaller trees).
 //! Loom found this: with all-`Relaxed` counters a snapshot could report a finished eviction next to
 //! the tree sizes from before it.
 

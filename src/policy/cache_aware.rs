@@ -590,7 +590,7 @@ impl CacheAwarePolicy {
     /// The counters, per-worker load and tree sizes at this moment.
     pub fn metrics(&self) -> MetricsSnapshot {
         let c = &self.shared.counters;
-        // First, with Acquire (pairs with `record`): everything the counted passes did (tree
+        // First, with Acquire (pairs with `record`): everything the counted evictions did (tree
         // sizes, evicted counts) is visible to the loads below.
         let eviction_passes = c.eviction_passes.load(Ordering::Acquire);
         let guard = epoch::pin();

@@ -41,12 +41,14 @@ pub struct CacheAwareConfig {
     pub balance_abs_threshold: usize,
     /// Imbalance also needs `max_load > min_load * balance_rel_threshold`. At least 1.
     pub balance_rel_threshold: f32,
-    /// Seconds between eviction passes; 0 starts no evictor thread.
+    /// Seconds between the evictor's ticks (it trims trees still over budget and frees what
+    /// evictions retired); 0 starts no evictor thread and turns off eviction in requests, as
+    /// in the seed (`run_eviction` still trims on demand).
     pub eviction_interval_secs: u64,
     /// Chars one model's tree may hold, summed over workers (a node cached by two workers
     /// counts twice). Eviction keeps each tree under it: the request whose insert crosses it
-    /// starts a pass at once. (The seed applied it per worker; `evict_cache` keeps that
-    /// meaning.)
+    /// trims the tree before it returns. (The seed applied it per worker; `evict_cache` keeps
+    /// that meaning.)
     pub max_tree_size: usize,
 }
 
