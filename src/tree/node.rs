@@ -262,6 +262,26 @@ fn build_successor<'g>(n: &Node, intent: Intent, guard: &'g Guard) -> Shared<'g,
     }
 }
 
+/// Frees the successor a replacement of `node` published but never swapped in (its parent
+/// froze, and no thread finished it before the tree was freed). The node is still in the tree,
+/// so the children the successor took over are still the node's, freed with it.
+///
+/// # Safety
+/// Exclusive access: the tree is being freed, `node` is in it, and nothing else frees what its
+/// successor allocated.
+pub(crate) unsafe fn free_stranded_successor(node: &Node, guard: &Guard) {
+    let successor = node.successor.load(Ordering::Relaxed, guard);
+    if successor.is_null() {
+        return;
+    }
+    let intent = node
+        .intent()
+        .expect("a published successor has a claimed node");
+    // SAFETY: published by a replacement of `node` and never swapped into the tree (`node`
+    // still is), so only this build's own allocations are freed, once.
+    unsafe { discard_successor(successor, intent, guard) };
+}
+
 /// Frees a successor that lost the race to be published.
 ///
 /// # Safety
