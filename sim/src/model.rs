@@ -53,7 +53,7 @@ pub const POLICIES: &[&str] = &[
 ];
 
 /// A routing policy under simulation.
-pub trait Router {
+pub trait Router: Send {
     /// The worker for `req` (whose prompt text is `text`), arriving at `now_us`.
     fn route(&mut self, req: &Request, text: &str, now_us: f64, cluster: &Cluster) -> usize;
     /// Called when a request routed to `worker` finishes.

@@ -46,6 +46,25 @@ fn bad_input_exits_2_naming_the_flag_or_line_and_writes_nothing() {
         (vec!["--workers", "0"], "--workers"),
         (vec!["--policy", "fastest"], "unknown policy"),
         (vec!["--cache-threshold", "1.5"], "--cache-threshold"),
+        (vec!["--cache-threshold", "NaN"], "--cache-threshold"),
+        (vec!["--requests", "0"], "--requests"),
+        (
+            vec!["--decode-ms-per-token", "inf"],
+            "--decode-ms-per-token",
+        ),
+        (vec!["--prefill-us-per-token=-1"], "--prefill-us-per-token"),
+        (
+            vec!["--prefill-us-per-token", "NaN"],
+            "--prefill-us-per-token",
+        ),
+        (vec!["--speedup", "inf"], "--speedup"),
+        (
+            vec!["--balance-rel-threshold", "inf"],
+            "--balance-rel-threshold",
+        ),
+        (vec!["--cache-tokens", "0"], "--cache-tokens"),
+        (vec!["--chars-per-block", "0"], "--chars-per-block"),
+        (vec!["--policy", "cache-aware,,oracle"], "--policy"),
         (
             vec![
                 "--trace",
@@ -88,4 +107,36 @@ fn json_and_csv_outputs_hold_one_row_per_policy() {
     assert_eq!(std::fs::read_to_string(&csv).unwrap().lines().count(), 3);
     let plot = std::fs::read_to_string(&svg).unwrap();
     assert!(plot.contains("<svg") && plot.contains("cache-aware") && plot.contains("oracle"));
+}
+
+/// Policies replayed in parallel report exactly what a serial replay does, in the same order
+/// (all but the router's own timing, which is measured, not simulated).
+#[test]
+fn parallel_replays_report_what_a_serial_one_does() {
+    let dir = std::env::temp_dir().join(format!("router-sim-jobs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rows = |jobs: &str| {
+        let out = dir.join(format!("jobs-{jobs}.json"));
+        let (code, _, stderr) = sim(&[
+            "--requests",
+            "400",
+            "--jobs",
+            jobs,
+            "--json",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{stderr}");
+        let mut rows: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+        for row in rows.as_array_mut().unwrap() {
+            let row = row.as_object_mut().unwrap();
+            for timing in ["route_mean_ns", "route_p99_ns", "decisions_per_s"] {
+                assert!(row.remove(timing).is_some(), "no {timing} in {row:?}");
+            }
+        }
+        rows
+    };
+    let serial = rows("1");
+    assert_eq!(serial.as_array().unwrap().len(), 8, "every policy");
+    assert_eq!(rows("3"), serial);
 }
