@@ -14,16 +14,16 @@
 //! other counters and read first with `Acquire` by a snapshot (`metrics.rs`).
 
 use super::budget::Budget;
+use super::candidates::{Candidate, Snapshot};
 use super::config::{CacheAwareConfig, ConfigError, MissRule, SelectionRule};
 use super::models::{tree_key, ModelState, Registered, Tables};
+use super::rules::Rules;
 use super::LoadBalancingPolicy;
-use crate::constants::INLINE_WORKERS;
 use crate::cow::CowCell;
 use crate::error::RouteError;
 use crate::evictor::{Evictor, Housekeeper};
 use crate::metrics::{Counters, MetricsSnapshot, WorkerStats};
 use crate::sync::{AtomicU64, Ordering};
-use crate::tenant::TenantId;
 use crate::tree::EvictionStats;
 use crate::worker::{LoadTicket, Worker};
 use crossbeam_epoch as epoch;
@@ -84,11 +84,11 @@ impl CacheAwarePolicyBuilder {
         self.config.validate()?;
         let interval = self.config.eviction_interval_secs;
         let budget = Budget::new(&self.config);
+        let rules = Rules::new(self.selection, self.config.cache_threshold);
         let shared = Arc::new(Shared {
             config: self.config,
             miss_rule: self.miss_rule,
-            selection: self.selection,
-            mean_chars: AtomicU64::new(0),
+            rules,
             ties: self
                 .tie_seed
                 .map(|seed| AtomicU64::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)),
@@ -109,87 +109,10 @@ impl CacheAwarePolicyBuilder {
     }
 }
 
-/// One eligible worker as a decision sees it: its tenant id, its index in the caller's list,
-/// and its load, read once.
-#[derive(Clone, Copy)]
-struct Candidate {
-    tenant: TenantId,
-    index: usize,
-    load: usize,
-    /// Chars of the prompt it holds (cost-aware rule).
-    matched: usize,
-}
-
-impl Candidate {
-    const NONE: Candidate = Candidate {
-        tenant: TenantId::FIRST,
-        index: 0,
-        load: 0,
-        matched: 0,
-    };
-
-    fn of(index: usize, r: &Registered) -> Self {
-        Candidate {
-            tenant: r.tenant,
-            index,
-            load: r.worker.load(),
-            matched: 0,
-        }
-    }
-}
-
-/// The candidates of one decision: a stack array for fleets up to `INLINE_WORKERS`, a `Vec`
-/// past it.
-struct Snapshot {
-    inline: [Candidate; INLINE_WORKERS],
-    len: usize,
-    spilled: Vec<Candidate>,
-}
-
-impl Snapshot {
-    fn new() -> Self {
-        Snapshot {
-            inline: [Candidate::NONE; INLINE_WORKERS],
-            len: 0,
-            spilled: Vec::new(),
-        }
-    }
-
-    #[inline]
-    fn push(&mut self, c: Candidate) {
-        if self.len < INLINE_WORKERS {
-            self.inline[self.len] = c;
-        } else {
-            if self.spilled.is_empty() {
-                self.spilled.extend_from_slice(&self.inline);
-            }
-            self.spilled.push(c);
-        }
-        self.len += 1;
-    }
-
-    fn clear(&mut self) {
-        self.len = 0;
-        self.spilled.clear();
-    }
-
-    fn as_mut_slice(&mut self) -> &mut [Candidate] {
-        if self.len <= INLINE_WORKERS {
-            &mut self.inline[..self.len]
-        } else {
-            &mut self.spilled
-        }
-    }
-}
-
 struct Shared {
     config: CacheAwareConfig,
     miss_rule: MissRule,
-    selection: SelectionRule,
-    /// Running mean of request size in chars (cost-aware rule): what one queued request costs.
-    /// Updated with a plain `Relaxed` load and store, not an RMW: an estimate, and a lost
-    /// update between two threads is harmless.
-    mean_chars: AtomicU64,
+    rules: Rules,
     /// The seeded tie-breaking RNG state, if `tie_seed` was given.
     ties: Option<AtomicU64>,
     tables: CowCell<Tables>,
@@ -272,76 +195,18 @@ impl Shared {
             MissRule::SmallestTree => first_least?,
         };
         let imbalanced = self.config.is_imbalanced(max, min);
-        let threshold = self.config.cache_threshold;
         let (mut chosen, mut hit) = (least, false);
-        let selection = self.selection;
-        // One queued request is costed at half a mean request: requests in flight have
-        // usually begun, and their prefill is partly cached. (Swept in the simulator: 0.25x to
-        // 1.5x; 0.5x kept hits within 2 points of the seed rule on both traces with the best
-        // p99.)
-        let queue_cost = self.mean_chars.load(Ordering::Relaxed) as usize / 2;
         let mut total_chars = 0;
         model.tree.match_and_insert(text, |counts, holders| {
             total_chars = counts.total_chars;
-            if !imbalanced && selection == SelectionRule::CostAware && !holders.is_empty() {
-                list.sort_unstable_by_key(|c| c.tenant);
-                holders.for_each_prefix(|tenant, chars| {
-                    if let Ok(i) = list.binary_search_by_key(&tenant, |c| c.tenant) {
-                        list[i].matched = list[i].matched.max(chars);
-                    }
-                });
-                if let Ok(i) = list.binary_search_by_key(&chosen.tenant, |c| c.tenant) {
-                    chosen = list[i];
-                }
-                // Lowest (cost, load), exact ties broken at random so misses still spread.
-                let key = |c: &Candidate| {
-                    (
-                        c.load * queue_cost + (counts.total_chars - c.matched),
-                        c.load,
-                    )
-                };
-                let mut ties = 0;
-                for c in list.iter() {
-                    match key(c).cmp(&key(&chosen)) {
-                        std::cmp::Ordering::Less => (chosen, ties) = (*c, 0),
-                        std::cmp::Ordering::Equal if c.index != chosen.index => {
-                            ties += 1;
-                            if self.draw(ties + 1) == 0 {
-                                chosen = *c;
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-                hit = chosen.matched as f32 > threshold * counts.total_chars as f32;
-            } else if !imbalanced && counts.ratio() > threshold && !holders.is_empty() {
-                // Among the eligible workers holding the matched prefix, the least loaded
-                // (the first holder on ties).
-                list.sort_unstable_by_key(|c| c.tenant);
-                let mut best: Option<Candidate> = None;
-                for holder in holders.iter() {
-                    if let Ok(i) = list.binary_search_by_key(&holder, |c| c.tenant) {
-                        if best.is_none_or(|b| list[i].load < b.load) {
-                            best = Some(list[i]);
-                        }
-                    }
-                }
-                if let Some(b) = best {
-                    (chosen, hit) = (b, true);
-                }
+            if !imbalanced {
+                (chosen, hit) = self
+                    .rules
+                    .choose(list, least, counts, holders, |n| self.draw(n));
             }
             Some(chosen.tenant)
         });
-        if selection == SelectionRule::CostAware {
-            // Running mean over about 64 requests.
-            let mean = self.mean_chars.load(Ordering::Relaxed);
-            let next = if mean == 0 {
-                total_chars as u64
-            } else {
-                mean - mean / 64 + total_chars as u64 / 64
-            };
-            self.mean_chars.store(next, Ordering::Relaxed);
-        }
+        self.rules.observe(total_chars);
         let c = &self.counters;
         if imbalanced {
             c.load_balancing_events.add(1);
@@ -779,7 +644,7 @@ impl fmt::Debug for CacheAwarePolicy {
         f.debug_struct("CacheAwarePolicy")
             .field("config", &self.shared.config)
             .field("miss_rule", &self.shared.miss_rule)
-            .field("selection", &self.shared.selection)
+            .field("selection", &self.shared.rules.selection())
             .field("tables", &self.shared.tables)
             .field("evictor", &self.evictor)
             .finish()

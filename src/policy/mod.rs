@@ -2,8 +2,10 @@
 
 mod budget;
 mod cache_aware;
+mod candidates;
 mod config;
 mod models;
+mod rules;
 
 pub use cache_aware::{CacheAwarePolicy, CacheAwarePolicyBuilder};
 pub use config::{CacheAwareConfig, ConfigError, MissRule, SelectionRule};

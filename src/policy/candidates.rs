@@ -1,0 +1,78 @@
+//! The candidates of one decision: each eligible worker's tenant id, index and load, read once.
+
+use super::models::Registered;
+use crate::constants::INLINE_WORKERS;
+use crate::tenant::TenantId;
+
+/// One eligible worker as a decision sees it: its tenant id, its index in the caller's list,
+/// and its load, read once.
+#[derive(Clone, Copy)]
+pub(super) struct Candidate {
+    pub(super) tenant: TenantId,
+    pub(super) index: usize,
+    pub(super) load: usize,
+    /// Chars of the prompt it holds (cost-aware rule).
+    pub(super) matched: usize,
+}
+
+impl Candidate {
+    pub(super) const NONE: Candidate = Candidate {
+        tenant: TenantId::FIRST,
+        index: 0,
+        load: 0,
+        matched: 0,
+    };
+
+    pub(super) fn of(index: usize, r: &Registered) -> Self {
+        Candidate {
+            tenant: r.tenant,
+            index,
+            load: r.worker.load(),
+            matched: 0,
+        }
+    }
+}
+
+/// The candidates of one decision: a stack array for fleets up to `INLINE_WORKERS`, a `Vec`
+/// past it.
+pub(super) struct Snapshot {
+    inline: [Candidate; INLINE_WORKERS],
+    len: usize,
+    spilled: Vec<Candidate>,
+}
+
+impl Snapshot {
+    pub(super) fn new() -> Self {
+        Snapshot {
+            inline: [Candidate::NONE; INLINE_WORKERS],
+            len: 0,
+            spilled: Vec::new(),
+        }
+    }
+
+    #[inline]
+    pub(super) fn push(&mut self, c: Candidate) {
+        if self.len < INLINE_WORKERS {
+            self.inline[self.len] = c;
+        } else {
+            if self.spilled.is_empty() {
+                self.spilled.extend_from_slice(&self.inline);
+            }
+            self.spilled.push(c);
+        }
+        self.len += 1;
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.len = 0;
+        self.spilled.clear();
+    }
+
+    pub(super) fn as_mut_slice(&mut self) -> &mut [Candidate] {
+        if self.len <= INLINE_WORKERS {
+            &mut self.inline[..self.len]
+        } else {
+            &mut self.spilled
+        }
+    }
+}
