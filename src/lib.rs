@@ -31,7 +31,7 @@ pub use policy::{
 };
 pub use tenant::TenantId;
 pub use tree::{EvictionStats, Holders, MatchCounts, MatchOutcome, Tree, TreeConfig};
-pub use worker::{BasicWorker, BasicWorkerBuilder, LoadTicket, Worker, WorkerType};
+pub use worker::{BasicWorker, BasicWorkerBuilder, LoadTicket, WorkCounters, Worker, WorkerType};
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

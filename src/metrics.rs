@@ -86,6 +86,11 @@ pub struct WorkerStats {
     pub healthy: bool,
     /// Chars its tree attributes to it.
     pub cached_chars: usize,
+    /// Prompt chars of requests routed to it that have not had their first token (native API
+    /// tickets; 0 for a worker that keeps no work counters).
+    pub queued_prefill_chars: usize,
+    /// Requests past their first token and not finished (native API tickets).
+    pub decoding: usize,
 }
 
 /// The policy's counters at one moment.

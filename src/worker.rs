@@ -1,10 +1,22 @@
-//! Workers: the seed's `Worker` trait, `BasicWorker` with atomic counters, and the load ticket.
+//! Workers: the seed's `Worker` trait, `BasicWorker` with atomic counters, the work a worker
+//! has outstanding, and the load ticket.
 //!
 //! Load and health are independent atomics, and the processed count a striped counter (see
 //! `metrics.rs`). `Relaxed` throughout: each is a counter or flag read on its own, nothing is
 //! published through it, and a router tolerates a load that is a few requests stale. The load
 //! counter saturates at zero on decrement, so a stray extra decrement cannot wrap it to
 //! `usize::MAX` (which would starve the worker forever).
+//!
+//! **Work** ([`WorkCounters`]): the prompt chars a worker still has to prefill (requests routed
+//! and not past their first token) and the requests it is decoding. Only load tickets change
+//! them, each undoing exactly what it did: a ticket adds its prefill when made, moves it to
+//! decoding on its first token, and takes back whichever it holds when dropped, on every path
+//! (an error, a panic, a removed worker). `Relaxed` here too: a ticket's subtraction follows its
+//! own addition in the counter's modification order (the same thread, or a later one the ticket
+//! was handed to, which the hand-over orders), so no reader sees a counter below what the other
+//! tickets hold, and nothing is published through them. The first token is taken once by an
+//! atomic swap of the ticket's flag, so two threads reporting it at once move the work once
+//! (loom model `work_counters_with_first_token_and_drop_racing`).
 
 use crate::metrics::StripedCounter;
 use crate::sync::{AtomicBool, AtomicUsize, Ordering};
@@ -50,6 +62,31 @@ pub trait Worker: Send + Sync + fmt::Debug {
     fn processed_requests(&self) -> usize;
     /// Counts one more routed request.
     fn increment_processed(&self);
+    /// The work outstanding on this worker, if it keeps count ([`BasicWorker`] does): what
+    /// load tickets add, move and give back.
+    fn work(&self) -> Option<&WorkCounters> {
+        None
+    }
+}
+
+/// The work outstanding on one worker, kept by the load tickets of the native API.
+#[derive(Debug, Default)]
+pub struct WorkCounters {
+    queued_prefill: AtomicUsize,
+    decoding: AtomicUsize,
+}
+
+impl WorkCounters {
+    /// Prompt chars of requests routed here that have not had their first token: prefill
+    /// still queued or running.
+    pub fn queued_prefill(&self) -> usize {
+        self.queued_prefill.load(Ordering::Relaxed)
+    }
+
+    /// Requests past their first token and not yet finished: decoding.
+    pub fn decoding(&self) -> usize {
+        self.decoding.load(Ordering::Relaxed)
+    }
 }
 
 /// A worker with atomic load, processed and health state.
@@ -65,6 +102,7 @@ pub struct BasicWorker {
     /// `perf` samples grew 5x from 1 to 2 routing threads in a warm Mooncake replay), and apart
     /// from `load` and `healthy`, which every routing decision reads.
     processed: StripedCounter,
+    work: WorkCounters,
 }
 
 impl BasicWorker {
@@ -106,6 +144,9 @@ impl Worker for BasicWorker {
     }
     fn increment_processed(&self) {
         self.processed.add(1);
+    }
+    fn work(&self) -> Option<&WorkCounters> {
+        Some(&self.work)
     }
 }
 
@@ -170,27 +211,43 @@ impl BasicWorkerBuilder {
             load: AtomicUsize::new(0),
             healthy: AtomicBool::new(true),
             processed: StripedCounter::new(),
+            work: WorkCounters::default(),
         }
     }
 }
 
 /// Proof that one request is in flight on a worker: holds one unit of the worker's load and
-/// gives it back when dropped, so an early return or a panic cannot leak load.
+/// its prompt's prefill work, moves that work to decoding at [`LoadTicket::first_token`], and
+/// gives back whatever it holds when dropped, so an early return or a panic cannot leak either.
 #[must_use = "dropping the ticket at once ends the request's load on the worker"]
 pub struct LoadTicket {
     worker: Arc<dyn Worker>,
     index: usize,
     cache_hit: bool,
+    /// Prompt chars the worker is expected to prefill (what it did not hold).
+    prefill: usize,
+    /// Whether the first token has been reported (the work moved to decoding).
+    first_token: AtomicBool,
 }
 
 impl LoadTicket {
-    /// Takes one unit of load on `worker`.
-    pub(crate) fn new(worker: Arc<dyn Worker>, index: usize, cache_hit: bool) -> Self {
+    /// Takes one unit of load on `worker`, and `prefill` chars of its queued prefill.
+    pub(crate) fn new(
+        worker: Arc<dyn Worker>,
+        index: usize,
+        cache_hit: bool,
+        prefill: usize,
+    ) -> Self {
         worker.increment_load();
+        if let Some(work) = worker.work() {
+            work.queued_prefill.fetch_add(prefill, Ordering::Relaxed);
+        }
         Self {
             worker,
             index,
             cache_hit,
+            prefill,
+            first_token: AtomicBool::new(false),
         }
     }
 
@@ -213,11 +270,53 @@ impl LoadTicket {
     pub fn cache_hit(&self) -> bool {
         self.cache_hit
     }
+
+    /// Prompt chars the worker was expected to prefill for this request: the prompt less the
+    /// prefix the router saw it holding (on a miss, the whole prompt).
+    pub fn prefill_chars(&self) -> usize {
+        self.prefill
+    }
+
+    /// Reports the request's first token (its prefill is done): the worker's queued prefill
+    /// drops by this request's and its decoding count grows by one. Only the first call counts
+    /// (it returns `true`), from any thread.
+    pub fn first_token(&self) -> bool {
+        #[cfg(not(router_loom_broken_first_token))]
+        let first = !self.first_token.swap(true, Ordering::Relaxed);
+        // Test-only broken variant (loom must catch it): a load and a store, so two threads
+        // can both take the first token.
+        #[cfg(router_loom_broken_first_token)]
+        let first = !self.first_token.load(Ordering::Relaxed) && {
+            self.first_token.store(true, Ordering::Relaxed);
+            true
+        };
+        if first {
+            if let Some(work) = self.worker.work() {
+                work.queued_prefill
+                    .fetch_sub(self.prefill, Ordering::Relaxed);
+                work.decoding.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        first
+    }
+
+    /// Whether the first token has been reported.
+    pub fn has_first_token(&self) -> bool {
+        self.first_token.load(Ordering::Relaxed)
+    }
 }
 
 impl Drop for LoadTicket {
     fn drop(&mut self) {
         self.worker.decrement_load();
+        if let Some(work) = self.worker.work() {
+            if self.first_token.load(Ordering::Relaxed) {
+                work.decoding.fetch_sub(1, Ordering::Relaxed);
+            } else {
+                work.queued_prefill
+                    .fetch_sub(self.prefill, Ordering::Relaxed);
+            }
+        }
     }
 }
 
@@ -227,6 +326,8 @@ impl fmt::Debug for LoadTicket {
             .field("url", &self.url())
             .field("index", &self.index)
             .field("cache_hit", &self.cache_hit)
+            .field("prefill", &self.prefill)
+            .field("first_token", &self.has_first_token())
             .finish()
     }
 }
@@ -272,10 +373,79 @@ mod tests {
         assert_eq!(w.processed_requests(), 4000);
     }
 
+    fn work_of(w: &Arc<dyn Worker>) -> (usize, usize, usize) {
+        let work = w.work().unwrap();
+        (w.load(), work.queued_prefill(), work.decoding())
+    }
+
     #[test]
-    fn ticket_gives_load_back_on_drop() {
+    fn ticket_gives_load_and_work_back_on_every_path() {
         let w: Arc<dyn Worker> = Arc::new(BasicWorkerBuilder::new("u").build());
-        let t = LoadTicket::new(w.clone(), 0, false);
+        // Dropped before its first token.
+        let t = LoadTicket::new(w.clone(), 0, false, 100);
+        assert_eq!(work_of(&w), (1, 100, 0));
+        drop(t);
+        assert_eq!(work_of(&w), (0, 0, 0));
+        // First token, then done; a second report changes nothing.
+        let t = LoadTicket::new(w.clone(), 0, false, 100);
+        let u = LoadTicket::new(w.clone(), 0, true, 30);
+        assert_eq!(work_of(&w), (2, 130, 0));
+        assert!(t.first_token());
+        assert!(!t.first_token(), "only the first report counts");
+        assert!(t.has_first_token() && !u.has_first_token());
+        assert_eq!(work_of(&w), (2, 30, 1));
+        drop(t);
+        assert_eq!(work_of(&w), (1, 30, 0));
+        // A panic while the ticket is held, before and after its first token.
+        for report in [false, true] {
+            let handle = w.clone();
+            let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+                let t = LoadTicket::new(handle, 0, false, 7);
+                if report {
+                    t.first_token();
+                }
+                panic!("the request failed");
+            }));
+            assert!(panicked.is_err());
+            assert_eq!(work_of(&w), (1, 30, 0), "report {report}");
+        }
+        drop(u);
+        assert_eq!(work_of(&w), (0, 0, 0));
+    }
+
+    /// A worker that keeps no work counters still gets its load back.
+    #[test]
+    fn a_worker_without_work_counters_keeps_only_load() {
+        #[derive(Debug)]
+        struct Plain(AtomicUsize);
+        impl Worker for Plain {
+            fn url(&self) -> &str {
+                "plain"
+            }
+            fn model_id(&self) -> &str {
+                ""
+            }
+            fn load(&self) -> usize {
+                self.0.load(Ordering::Relaxed)
+            }
+            fn increment_load(&self) {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+            fn decrement_load(&self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+            fn is_healthy(&self) -> bool {
+                true
+            }
+            fn set_healthy(&self, _: bool) {}
+            fn processed_requests(&self) -> usize {
+                0
+            }
+            fn increment_processed(&self) {}
+        }
+        let w: Arc<dyn Worker> = Arc::new(Plain(AtomicUsize::new(0)));
+        let t = LoadTicket::new(w.clone(), 0, false, 5);
+        assert!(t.first_token());
         assert_eq!(w.load(), 1);
         drop(t);
         assert_eq!(w.load(), 0);

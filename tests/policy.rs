@@ -537,3 +537,88 @@ fn cost_aware_selection_trades_a_match_against_a_queue() {
         assert_eq!(got == cached, expect_cached_worker, "{rule:?}");
     }
 }
+
+/// The native API's tickets keep each worker's outstanding work: a miss queues the whole
+/// prompt, a hit only what the worker does not hold; the first token moves a request to
+/// decoding; and whatever a ticket holds comes back when it is dropped, before or after its
+/// first token, in a panic, or after its worker was removed.
+#[test]
+fn tickets_keep_work_and_give_it_back_on_every_path() {
+    let policy = CacheAwarePolicy::with_config(no_evictor());
+    let w: Arc<dyn Worker> = Arc::new(BasicWorkerBuilder::new("http://w0:8000").build());
+    policy.register_worker(w.clone()).unwrap();
+    let work = || {
+        let m = policy.metrics();
+        let s = &m.workers[0];
+        (s.in_flight, s.queued_prefill_chars, s.decoding)
+    };
+    let prompt = "p".repeat(1000);
+    let miss = policy.route("", &prompt).unwrap();
+    assert_eq!((miss.cache_hit(), miss.prefill_chars()), (false, 1000));
+    assert_eq!(work(), (1, 1000, 0));
+    let longer = format!("{prompt}{}", "q".repeat(200));
+    let hit = policy.route("", &longer).unwrap();
+    assert_eq!(
+        (hit.cache_hit(), hit.prefill_chars()),
+        (true, 200),
+        "only the unmatched tail"
+    );
+    assert_eq!(work(), (2, 1200, 0));
+    assert!(miss.first_token());
+    assert_eq!(work(), (2, 200, 1));
+    drop(miss);
+    assert_eq!(work(), (1, 200, 0));
+    drop(hit);
+    assert_eq!(work(), (0, 0, 0));
+    // A panic while a ticket is held.
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let t = policy.route("", &prompt).unwrap();
+        t.first_token();
+        panic!("the response failed");
+    }));
+    assert!(panicked.is_err());
+    assert_eq!(work(), (0, 0, 0));
+    // The worker is removed while a ticket is held: the ticket still gives its work back.
+    let t = policy.route("", "another prompt").unwrap();
+    policy.remove_worker(&*w);
+    drop(t);
+    assert_eq!((w.load(), w.work().unwrap().queued_prefill()), (0, 0));
+    assert_eq!(w.work().unwrap().decoding(), 0);
+}
+
+/// Many threads route, report first tokens (some twice, from two threads) and drop their
+/// tickets at once: the counters end at zero and never read above what is in flight.
+#[test]
+fn work_counters_balance_under_concurrent_tickets() {
+    let policy = CacheAwarePolicy::with_config(no_evictor());
+    let ws = workers(4, "");
+    for w in &ws {
+        policy.register_worker(w.clone()).unwrap();
+    }
+    thread::scope(|s| {
+        for t in 0..4 {
+            let policy = &policy;
+            s.spawn(move || {
+                for i in 0..2000 {
+                    let ticket = policy
+                        .route("", &format!("{t} {i} {}", "x".repeat(50)))
+                        .unwrap();
+                    if i % 3 != 0 {
+                        thread::scope(|s| {
+                            s.spawn(|| ticket.first_token());
+                            ticket.first_token();
+                        });
+                    }
+                    assert!(ticket.worker().work().unwrap().decoding() <= 4);
+                }
+            });
+        }
+    });
+    for w in &ws {
+        let work = w.work().unwrap();
+        assert_eq!(
+            (w.load(), work.queued_prefill(), work.decoding()),
+            (0, 0, 0)
+        );
+    }
+}

@@ -277,6 +277,52 @@ async fn load_returns_to_zero_after_streamed_and_aborted_responses() {
     s.wait_idle().await;
 }
 
+/// A streamed completion: until its first event reaches the client, the worker holds the
+/// prompt as queued prefill; from then on, one request decoding; after the last event, nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_streamed_event_moves_the_request_from_prefill_to_decoding() {
+    let s = setup().await;
+    for m in &s.mocks {
+        m.stream_events.store(6, Ordering::SeqCst);
+    }
+    let work = || {
+        let (mut prefill, mut decoding) = (0, 0);
+        for w in &s.state.workers {
+            let k = cache_aware_router::Worker::work(&**w).unwrap();
+            (prefill, decoding) = (prefill + k.queued_prefill(), decoding + k.decoding());
+        }
+        (prefill, decoding)
+    };
+    let prompt = "stream this, please";
+    let req = Request::post(format!("{}/v1/completions", s.proxy))
+        .body(Full::new(Bytes::from(completion(prompt))))
+        .unwrap();
+    let resp = s.client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let first = tokio::time::timeout(Duration::from_secs(10), body.frame())
+        .await
+        .expect("bounded")
+        .expect("a first frame")
+        .unwrap();
+    assert!(first.is_data());
+    assert_eq!(work(), (0, 1), "prefill done, one request decoding");
+    let rest = tokio::time::timeout(Duration::from_secs(10), body.collect())
+        .await
+        .expect("bounded")
+        .unwrap();
+    assert!(!rest.to_bytes().is_empty());
+    s.wait_idle().await;
+    assert_eq!(work(), (0, 0));
+    let workers = s.get("/workers").await;
+    assert!(workers.contains("\"decoding\":0"), "{workers}");
+    let metrics = s.get("/metrics").await;
+    assert!(
+        metrics.contains("router_worker_queued_prefill_chars{"),
+        "{metrics}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_worker_is_skipped_and_comes_back_after_its_probe() {
     let s = setup().await;

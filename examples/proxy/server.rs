@@ -163,6 +163,8 @@ fn workers(state: &State) -> Response<ProxyBody> {
             serde_json::json!({
                 "url": w.url(), "healthy": w.is_healthy(),
                 "in_flight": w.load(), "routed": w.processed_requests(),
+                "queued_prefill_chars": w.work().map_or(0, |k| k.queued_prefill()),
+                "decoding": w.work().map_or(0, |k| k.decoding()),
             })
         })
         .collect();
@@ -208,6 +210,20 @@ fn metrics(state: &State) -> Response<ProxyBody> {
         out.push_str(&format!(
             "router_worker_in_flight{{worker=\"{}\"}} {}\n",
             w.url, w.in_flight
+        ));
+    }
+    out.push_str("# HELP router_worker_queued_prefill_chars Prompt chars routed per worker and not past their first token.\n# TYPE router_worker_queued_prefill_chars gauge\n");
+    for w in &m.workers {
+        out.push_str(&format!(
+            "router_worker_queued_prefill_chars{{worker=\"{}\"}} {}\n",
+            w.url, w.queued_prefill_chars
+        ));
+    }
+    out.push_str("# HELP router_worker_decoding Requests past their first token and not finished, per worker.\n# TYPE router_worker_decoding gauge\n");
+    for w in &m.workers {
+        out.push_str(&format!(
+            "router_worker_decoding{{worker=\"{}\"}} {}\n",
+            w.url, w.decoding
         ));
     }
     out.push_str("# HELP router_worker_routed_total Requests routed per worker.\n# TYPE router_worker_routed_total counter\n");
@@ -289,7 +305,9 @@ pub(crate) fn routing_text(path: &str, body: &serde_json::Value) -> Result<Strin
 }
 
 /// An upstream body that holds the request's load ticket until the last frame is sent or the
-/// body is dropped (the client went away).
+/// body is dropped (the client went away), and reports the first token to it when the first
+/// data frame goes out to the client (for a streamed completion, the first event: the worker's
+/// prefill is done).
 struct TicketBody {
     inner: Incoming,
     ticket: Option<LoadTicket>,
@@ -304,8 +322,14 @@ impl Body for TicketBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let poll = Pin::new(&mut self.inner).poll_frame(cx);
-        if matches!(poll, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-            self.ticket = None;
+        match &poll {
+            Poll::Ready(Some(Ok(frame))) if frame.is_data() => {
+                if let Some(ticket) = &self.ticket {
+                    ticket.first_token();
+                }
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.ticket = None,
+            _ => {}
         }
         poll
     }

@@ -1,5 +1,5 @@
 //! Loom models of the policy's protocols: worker load counters and the load ticket, evictor
-//! shutdown, and requests that evict concurrently. Built only under `--cfg router_loom --cfg crossbeam_loom`:
+//! shutdown, requests that evict concurrently, and the work counters of the load ticket. Built only under `--cfg router_loom --cfg crossbeam_loom`:
 //! run `bash .ci/loom`. Workers are registered before threads start (registration takes std
 //! locks that loom does not model).
 #![cfg(router_loom)]
@@ -84,5 +84,43 @@ fn two_requests_over_budget_evict_concurrently() {
         assert!(m.tree_chars[0].1 <= 3, "{m:?}");
         assert_eq!(m.tree_chars[0].1 + m.evicted_chars, 4, "{m:?}");
         assert!(m.eviction_passes >= 1, "{m:?}");
+    });
+}
+
+/// Model 15: the work counters, with two threads reporting one ticket's first token at once
+/// while another request comes and goes on the same worker. The first token is taken once (an
+/// atomic swap), so the work moves once: the counters never read above what is in flight, and
+/// end at zero. With `router_loom_broken_first_token` (a load and a store) both reports move
+/// it, and the queued prefill wraps below zero.
+#[test]
+fn work_counters_with_first_token_and_drop_racing() {
+    model_with_routing_loop(|| {
+        let p = policy(0, 1 << 20);
+        let w: Arc<dyn Worker> = Arc::new(BasicWorkerBuilder::new("http://w").build());
+        p.register_worker(w.clone()).unwrap();
+        let ticket = Arc::new(p.route("", "ab").unwrap());
+        let other = {
+            let p = p.clone();
+            thread::spawn(move || {
+                let t = p.route("", "cd").unwrap();
+                t.first_token();
+            })
+        };
+        let reporter = {
+            let ticket = ticket.clone();
+            thread::spawn(move || ticket.first_token())
+        };
+        let mine = ticket.first_token();
+        let work = w.work().unwrap();
+        assert!(work.queued_prefill() <= 4, "{}", work.queued_prefill());
+        assert!(work.decoding() <= 2, "{}", work.decoding());
+        let theirs = reporter.join().unwrap();
+        assert!(mine ^ theirs, "exactly one report counts");
+        other.join().unwrap();
+        drop(ticket);
+        assert_eq!(
+            (w.load(), work.queued_prefill(), work.decoding()),
+            (0, 0, 0)
+        );
     });
 }

@@ -158,20 +158,21 @@ impl Shared {
     }
 }
 
+/// What a decision picked: the index in the caller's list, whether it followed a cached
+/// prefix, and the prompt chars the pick is expected to prefill.
+struct Decision {
+    index: usize,
+    hit: bool,
+    prefill: usize,
+}
+
 impl Shared {
-    /// The rule: over the eligible `candidates` of `model`, pick by load when imbalanced, by
-    /// cache when the match ratio clears the threshold, else by the miss rule; record `text`
-    /// for the pick in the same descent. `(index, cache hit)`.
+    /// The rule: over the eligible `candidates` of `model`, pick by load when imbalanced, else
+    /// by the selection rule (`rules.rs`), falling back to the miss rule; record `text` for
+    /// the pick in the same descent.
     ///
-    /// Each candidate's load was read once, into `list`; a hit sorts it by tenant and finds
-    /// each holder of the matched node by binary search, so a hit costs O(holders x log
-    /// workers).
-    fn decide(
-        &self,
-        model: &ModelState,
-        list: &mut [Candidate],
-        text: &str,
-    ) -> Option<(usize, bool)> {
+    /// Each candidate's load was read once, into `list`.
+    fn decide(&self, model: &ModelState, list: &mut [Candidate], text: &str) -> Option<Decision> {
         let (mut min, mut max, mut ties) = (usize::MAX, 0, 0u64);
         let mut first_least = None;
         for c in list.iter() {
@@ -218,7 +219,11 @@ impl Shared {
         if let Some(stats) = self.budget.after_insert(&model.tree) {
             self.record(stats);
         }
-        Some((chosen.index, hit))
+        Some(Decision {
+            index: chosen.index,
+            hit,
+            prefill: total_chars.saturating_sub(chosen.matched),
+        })
     }
 
     /// Registers workers `select_worker` sees for the first time.
@@ -434,13 +439,13 @@ impl CacheAwarePolicy {
                 snapshot.push(Candidate::of(i, r));
             }
         }
-        let Some((index, hit)) = self.shared.decide(m, snapshot.as_mut_slice(), text) else {
+        let Some(d) = self.shared.decide(m, snapshot.as_mut_slice(), text) else {
             self.shared.counters.no_worker.add(1);
             return Err(RouteError::NoHealthyWorker(key.to_string()));
         };
-        let worker = &list[index].worker;
+        let worker = &list[d.index].worker;
         worker.increment_processed();
-        Ok(LoadTicket::new(worker.clone(), index, hit))
+        Ok(LoadTicket::new(worker.clone(), d.index, d.hit, d.prefill))
     }
 
     /// Eviction now, as the evictor thread runs it on each tick: every model tree over
@@ -480,6 +485,8 @@ impl CacheAwarePolicy {
                 routed: r.worker.processed_requests(),
                 healthy: r.worker.is_healthy(),
                 cached_chars: r.model.tree.tenant_chars(r.tenant),
+                queued_prefill_chars: r.worker.work().map_or(0, |w| w.queued_prefill()),
+                decoding: r.worker.work().map_or(0, |w| w.decoding()),
             });
         }
         workers.sort_by(|a, b| (&a.model, &a.url).cmp(&(&b.model, &b.url)));
@@ -598,7 +605,7 @@ impl LoadBalancingPolicy for CacheAwarePolicy {
             shared.counters.no_worker.add(1);
             return None;
         };
-        let (index, _) = shared.decide(model, snapshot.as_mut_slice(), text)?;
+        let index = shared.decide(model, snapshot.as_mut_slice(), text)?.index;
         workers[index].increment_processed();
         Some(index)
     }

@@ -38,7 +38,8 @@ impl Rules {
     }
 
     /// The pick among `list` (every eligible worker, load balanced) for a prompt whose match is
-    /// `counts`, held by `holders`, and whether it is a cache hit. `least` is the miss rule's
+    /// `counts`, held by `holders`, and whether it is a cache hit. The pick's `matched` is the
+    /// prefix the rule saw it holding (0 where it did not look). `least` is the miss rule's
     /// pick, taken when the rule finds nothing better; `draw(n)` is a uniform draw in `0..n`
     /// for ties.
     pub(super) fn choose(
@@ -95,7 +96,14 @@ impl Rules {
             }
         }
         match best {
-            Some(b) => (b, true),
+            // A holder of the deepest matched node holds the whole matched prefix.
+            Some(b) => (
+                Candidate {
+                    matched: counts.matched_chars,
+                    ..b
+                },
+                true,
+            ),
             None => (least, false),
         }
     }
