@@ -17,35 +17,13 @@ mod support;
 
 use hdrhistogram::Histogram;
 use mimalloc::MiMalloc;
-use std::alloc::{GlobalAlloc, Layout};
-use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use support::counting::{live, Counting};
 use support::{env, mooncake, Base, Ours, Router};
 
-struct Counting;
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: forwards to mimalloc and only counts bytes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { MiMalloc.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { MiMalloc.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new: usize) -> *mut u8 {
-        LIVE.fetch_add(new as isize - layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { MiMalloc.realloc(ptr, layout, new) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: Counting<MiMalloc> = Counting(MiMalloc);
 
 /// What one scenario measured.
 struct Run {
@@ -131,7 +109,7 @@ fn tree_chars(router: &Ours) -> usize {
 /// Runs `router` through the churn loop; returns the run and the bytes per stored char left
 /// allocated after it stopped and `run_eviction` collected what evictions retired.
 fn churn_ours(router: Ours, texts: &[String], threads: usize, secs: f64) -> (Run, f64) {
-    let live_before = LIVE.load(Ordering::Relaxed);
+    let live_before = live();
     let run = churn(
         texts.len(),
         threads,
@@ -143,7 +121,7 @@ fn churn_ours(router: Ours, texts: &[String], threads: usize, secs: f64) -> (Run
     );
     router.policy.run_eviction();
     let stored = tree_chars(&router).max(1);
-    let bytes = (LIVE.load(Ordering::Relaxed) - live_before) as f64;
+    let bytes = (live() - live_before) as f64;
     drop(router);
     (run, bytes / stored as f64)
 }

@@ -1,6 +1,7 @@
 //! Workloads, the floor, and the one trait both engines are driven through.
 #![allow(dead_code)]
 
+pub(crate) mod counting;
 pub(crate) mod dispatch;
 
 use crate::baseline::{BaseWorker, BaselinePolicy, Config};
