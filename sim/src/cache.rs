@@ -41,6 +41,16 @@ impl BlockCache {
             }
             self.order.insert(self.clock, id);
         }
+        self.shrink();
+    }
+
+    /// Holds at most `capacity` blocks from now on, evicting the least recently used.
+    pub fn set_capacity(&mut self, capacity: usize) {
+        self.capacity = capacity;
+        self.shrink();
+    }
+
+    fn shrink(&mut self) {
         while self.used.len() > self.capacity {
             let (&tick, &id) = self
                 .order

@@ -6,15 +6,17 @@
 //! trace (`../shared/traces/mooncake_synthetic_trace.jsonl` is a real one). `--help` lists
 //! every flag.
 
+mod batched;
 mod cache;
 mod model;
 mod plot;
 mod report;
 mod trace;
 
+use batched::StepModel;
 use cache_aware_router::{CacheAwareConfig, ConfigError};
 use clap::Parser;
-use model::{make_router, simulate, SimConfig, POLICIES};
+use model::{make_router, simulate, Serving, SimConfig, POLICIES};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -26,11 +28,21 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// rate, hit rate relative to the oracle, mean and p99 time to first token (TTFT), balance, and
 /// the router's own cost per decision.
 ///
-/// Model: each worker serves one request at a time in arrival order, with an LRU prefix cache
-/// of 512-token blocks; a request hits the longest run of its leading blocks cached there.
-/// Prefill takes --prefill-us-per-token per uncached prompt token, decode
-/// --decode-ms-per-token per output token; TTFT = queue wait + prefill. The router sees only
-/// the prompt's text: each block id becomes a fixed block of --chars-per-block chars.
+/// Serving models (--serving). batched (the default): each worker runs steps of continuous
+/// batching with chunked prefill, as vLLM and SGLang do: a step takes up to --token-budget
+/// tokens, one decode token per running request past its prefill and the rest as prefill
+/// chunks in arrival order, and lasts --step-base-ms, plus --prefill-us-per-token per prefill
+/// token, plus --step-us-per-request per running request. KV memory is counted in 512-token blocks: running
+/// requests pin theirs, the rest of the worker's capacity (--cache-tokens) is its LRU prefix
+/// cache, and a request waits until its blocks fit. The step defaults are those of
+/// Llama-3.1-8B-Instruct on one H100 in NVIDIA's NIM LLM benchmarks (NIM 1.8.0: inter-token
+/// latency 4.63 ms at 1 concurrent request, 7.57 ms at 100, so 4.6 ms a step plus 30 us a
+/// request; docs.nvidia.com/nim/benchmarking/llm, "Performance"); prefill at 25 us a token
+/// (40 K tokens/s). fifo: each worker serves one request at a time in arrival order; prefill
+/// takes --prefill-us-per-token per uncached prompt token, decode --decode-ms-per-token per
+/// output token. In both, a request hits the longest run of its leading blocks cached where it
+/// goes, and the router sees only the prompt's text: each block id becomes a fixed block of
+/// --chars-per-block chars.
 #[derive(Parser, Debug)]
 #[command(name = "router-sim", version)]
 struct Args {
@@ -72,9 +84,21 @@ struct Args {
     /// Prefill time per uncached prompt token, in microseconds.
     #[arg(long, default_value_t = 25.0)]
     prefill_us_per_token: f64,
-    /// Decode time per output token, in milliseconds.
+    /// fifo: decode time per output token, in milliseconds.
     #[arg(long, default_value_t = 2.0)]
     decode_ms_per_token: f64,
+    /// How workers serve: batched (continuous batching) or fifo (one request at a time).
+    #[arg(long, default_value = "batched")]
+    serving: String,
+    /// batched: the fixed cost of a step, in milliseconds.
+    #[arg(long, default_value_t = 4.6)]
+    step_base_ms: f64,
+    /// batched: the cost of each running request in a step, in microseconds.
+    #[arg(long, default_value_t = 30.0)]
+    step_us_per_request: f64,
+    /// batched: tokens one step may process (decode tokens and prefill chunks together).
+    #[arg(long, default_value_t = 8192)]
+    token_budget: u64,
     /// Policies replayed at once, each on a thread of its own (0: one per core). Results are
     /// the same whatever this is, but for the router's cost per decision, which is measured
     /// while the other replays run: use 1 for that column.
@@ -141,6 +165,8 @@ fn check(args: &Args) -> Result<(), String> {
     let times = [
         ("--prefill-us-per-token", args.prefill_us_per_token),
         ("--decode-ms-per-token", args.decode_ms_per_token),
+        ("--step-base-ms", args.step_base_ms),
+        ("--step-us-per-request", args.step_us_per_request),
     ];
     for (flag, t) in times {
         if !(t >= 0.0 && t.is_finite()) {
@@ -157,6 +183,15 @@ fn check(args: &Args) -> Result<(), String> {
         if !x.is_finite() {
             return Err(format!("{flag} must be a finite number (got {x})"));
         }
+    }
+    if args.token_budget == 0 {
+        return Err("--token-budget must be at least 1".into());
+    }
+    if !matches!(args.serving.as_str(), "batched" | "fifo") {
+        return Err(format!(
+            "--serving {:?}: choose batched or fifo",
+            args.serving
+        ));
     }
     if args.policy.iter().any(|p| p.trim().is_empty()) {
         return Err("--policy names an empty policy: give names separated by commas".into());
@@ -209,6 +244,15 @@ fn run(args: Args) -> Result<(), String> {
         chars_per_block: args.chars_per_block,
         cache_aware,
         seed: args.seed,
+        serving: match args.serving.as_str() {
+            "fifo" => Serving::Fifo,
+            _ => Serving::Batched(StepModel {
+                base_us: args.step_base_ms * 1000.0,
+                prefill_us_per_token: args.prefill_us_per_token,
+                per_request_us: args.step_us_per_request,
+                token_budget: args.token_budget,
+            }),
+        },
     };
     let mut routers = Vec::new();
     for p in &policies {
@@ -247,7 +291,7 @@ fn run(args: Args) -> Result<(), String> {
     bar.finish_and_clear();
     let rows = report::rows(&outcomes);
     println!("{}", report::table(&rows));
-    let bound = model::ttft_lower_bound_ms(&requests, cfg.prefill_us_per_token);
+    let bound = model::ttft_lower_bound_ms(&requests, &cfg);
     println!("{}", report::bound_line(&bound, &rows));
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?;

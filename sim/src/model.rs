@@ -1,12 +1,15 @@
-//! The simulation: workers with a prefix KV cache and a FIFO queue, routing policies, and the
-//! replay loop.
+//! The simulation: routing policies, and the replay loop over one of two serving models.
 //!
-//! Model (documented in `--help`): a worker serves one request at a time, in arrival order. A
-//! request routed to it hits the longest run of its leading blocks in that worker's cache; its
-//! prefill takes `prefill_us_per_token` per uncached prompt token, then decoding takes
-//! `decode_ms_per_token` per output token. Time to first token (TTFT) = queue wait + prefill.
+//! - **fifo**: a worker serves one request at a time, in arrival order. A request routed to it
+//!   hits the longest run of its leading blocks in that worker's cache; its prefill takes
+//!   `prefill_us_per_token` per uncached prompt token, then decoding takes
+//!   `decode_ms_per_token` per output token. TTFT = queue wait + prefill.
+//! - **batched** (`batched.rs`): continuous batching with chunked prefill and KV memory in
+//!   blocks, as vLLM and SGLang serve.
+//!
 //! A worker's load is its queued and running requests. The router sees only the prompt's text.
 
+use crate::batched::{self, StepModel};
 use crate::cache::BlockCache;
 use crate::trace::{Request, Rng, TOKENS_PER_BLOCK};
 use cache_aware_router::{
@@ -30,14 +33,35 @@ pub struct SimConfig {
     pub chars_per_block: usize,
     pub cache_aware: CacheAwareConfig,
     pub seed: u64,
+    pub serving: Serving,
+}
+
+/// How workers serve their requests.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Serving {
+    /// One request at a time, in arrival order.
+    Fifo,
+    /// Continuous batching with chunked prefill (`batched.rs`).
+    Batched(StepModel),
 }
 
 /// What the routers may look at: in-flight counts, and (for the oracle only) the real caches
 /// and queues.
 pub struct Cluster {
     pub in_flight: Vec<usize>,
-    pub busy_until_us: Vec<f64>,
-    pub caches: Vec<BlockCache>,
+    pub engine: Engine,
+}
+
+/// The workers' real state, per serving model.
+pub enum Engine {
+    Fifo {
+        busy_until_us: Vec<f64>,
+        caches: Vec<BlockCache>,
+    },
+    Batched {
+        workers: Vec<batched::Worker>,
+        model: StepModel,
+    },
 }
 
 /// Every policy the simulator compares.
@@ -56,6 +80,8 @@ pub const POLICIES: &[&str] = &[
 pub trait Router: Send {
     /// The worker for `req` (whose prompt text is `text`), arriving at `now_us`.
     fn route(&mut self, req: &Request, text: &str, now_us: f64, cluster: &Cluster) -> usize;
+    /// Called when a request routed to `worker` gets its first token (batched serving).
+    fn first_token(&mut self, _worker: usize, _request: usize) {}
     /// Called when a request routed to `worker` finishes.
     fn complete(&mut self, _worker: usize, _request: usize) {}
 }
@@ -124,6 +150,11 @@ impl Router for CacheAware {
         self.tickets.insert(self.next_request, ticket);
         self.next_request += 1;
         index
+    }
+    fn first_token(&mut self, _worker: usize, request: usize) {
+        if let Some(ticket) = self.tickets.get(&request) {
+            ticket.first_token();
+        }
     }
     fn complete(&mut self, _worker: usize, request: usize) {
         self.tickets.remove(&request);
@@ -221,12 +252,19 @@ struct Oracle {
 
 impl Router for Oracle {
     fn route(&mut self, req: &Request, _: &str, now: f64, c: &Cluster) -> usize {
-        let ttft = |w: usize| {
-            let hit = c.caches[w].leading_hits(&req.hash_ids) as u64 * TOKENS_PER_BLOCK;
-            let wait = (c.busy_until_us[w] - now).max(0.0);
-            wait + req.input_length.saturating_sub(hit) as f64 * self.prefill_us_per_token
+        let ttft = |w: usize| match &c.engine {
+            Engine::Fifo {
+                busy_until_us,
+                caches,
+            } => {
+                let hit = caches[w].leading_hits(&req.hash_ids) as u64 * TOKENS_PER_BLOCK;
+                let wait = (busy_until_us[w] - now).max(0.0);
+                wait + req.input_length.saturating_sub(hit) as f64 * self.prefill_us_per_token
+            }
+            // The worker's queue and batch run forward with this request added.
+            Engine::Batched { workers, model } => workers[w].forecast_ttft_us(req, now, model),
         };
-        (0..c.caches.len())
+        (0..c.in_flight.len())
             .min_by(|&a, &b| ttft(a).total_cmp(&ttft(b)))
             .unwrap_or(0)
     }
@@ -240,13 +278,51 @@ pub struct Outcome {
     pub input_tokens: u64,
     pub hit_tokens: u64,
     pub ttft_ms: Vec<f64>,
+    /// Per request with more than one output token: ms per output token after the first.
+    pub tpot_ms: Vec<f64>,
+    pub output_tokens: u64,
+    /// From the first arrival to the last finish, in ms.
+    pub span_ms: f64,
     pub per_worker: Vec<usize>,
     /// Wall-clock ns of each routing decision (the router's own cost).
     pub route_ns: Vec<u64>,
 }
 
-/// Replays `requests` (with their prompt `texts`) through `router`.
+/// Replays `requests` (with their prompt `texts`) through `router`, on the serving model
+/// `cfg.serving`.
 pub fn simulate(
+    name: &str,
+    router: &mut dyn Router,
+    requests: &[Request],
+    texts: &[String],
+    cfg: &SimConfig,
+    progress: impl FnMut(),
+) -> Outcome {
+    match cfg.serving {
+        Serving::Fifo => simulate_fifo(name, router, requests, texts, cfg, progress),
+        Serving::Batched(model) => {
+            batched::simulate(name, router, requests, texts, cfg, model, progress)
+        }
+    }
+}
+
+/// An empty outcome for `requests` over `workers`.
+pub(crate) fn outcome(name: &str, requests: usize, workers: usize) -> Outcome {
+    Outcome {
+        policy: name.to_string(),
+        requests,
+        input_tokens: 0,
+        hit_tokens: 0,
+        ttft_ms: Vec::with_capacity(requests),
+        tpot_ms: Vec::new(),
+        output_tokens: 0,
+        span_ms: 0.0,
+        per_worker: vec![0; workers],
+        route_ns: Vec::with_capacity(requests),
+    }
+}
+
+fn simulate_fifo(
     name: &str,
     router: &mut dyn Router,
     requests: &[Request],
@@ -257,20 +333,15 @@ pub fn simulate(
     let n = cfg.workers;
     let mut cluster = Cluster {
         in_flight: vec![0; n],
-        busy_until_us: vec![0.0; n],
-        caches: vec![BlockCache::new(cfg.cache_blocks); n],
+        engine: Engine::Fifo {
+            busy_until_us: vec![0.0; n],
+            caches: vec![BlockCache::new(cfg.cache_blocks); n],
+        },
     };
     // (finish time in ns as an integer for ordering, worker, request index)
     let mut running: BinaryHeap<Reverse<(u64, usize, usize)>> = BinaryHeap::new();
-    let mut out = Outcome {
-        policy: name.to_string(),
-        requests: requests.len(),
-        input_tokens: 0,
-        hit_tokens: 0,
-        ttft_ms: Vec::with_capacity(requests.len()),
-        per_worker: vec![0; n],
-        route_ns: Vec::with_capacity(requests.len()),
-    };
+    let mut out = outcome(name, requests.len(), n);
+    let mut last_finish: f64 = 0.0;
     for (i, req) in requests.iter().enumerate() {
         let now = req.timestamp as f64 * 1000.0 / cfg.speedup;
         while let Some(Reverse((finish, w, r))) = running.peek().copied() {
@@ -284,30 +355,47 @@ pub fn simulate(
         let start = Instant::now();
         let w = router.route(req, &texts[i], now, &cluster);
         out.route_ns.push(start.elapsed().as_nanos() as u64);
-        let hit = (cluster.caches[w].leading_hits(&req.hash_ids) as u64 * TOKENS_PER_BLOCK)
-            .min(req.input_length);
+        let Engine::Fifo {
+            busy_until_us,
+            caches,
+        } = &mut cluster.engine
+        else {
+            unreachable!("built as Fifo above")
+        };
+        let hit =
+            (caches[w].leading_hits(&req.hash_ids) as u64 * TOKENS_PER_BLOCK).min(req.input_length);
         let prefill = (req.input_length - hit) as f64 * cfg.prefill_us_per_token;
-        let begin = now.max(cluster.busy_until_us[w]);
+        let begin = now.max(busy_until_us[w]);
         let finish = begin + prefill + req.output_length as f64 * cfg.decode_ms_per_token * 1000.0;
-        cluster.busy_until_us[w] = finish;
+        busy_until_us[w] = finish;
         cluster.in_flight[w] += 1;
-        cluster.caches[w].touch(&req.hash_ids);
+        caches[w].touch(&req.hash_ids);
         running.push(Reverse(((finish * 1000.0) as u64, w, i)));
         out.input_tokens += req.input_length;
         out.hit_tokens += hit;
         out.ttft_ms.push((begin - now + prefill) / 1000.0);
+        if req.output_length > 1 {
+            out.tpot_ms.push(cfg.decode_ms_per_token);
+        }
+        out.output_tokens += req.output_length;
+        last_finish = last_finish.max(finish);
         out.per_worker[w] += 1;
         progress();
     }
+    let first = requests
+        .first()
+        .map_or(0.0, |r| r.timestamp as f64 * 1000.0 / cfg.speedup);
+    out.span_ms = (last_finish - first).max(0.0) / 1000.0;
     out
 }
 
 /// Per request, a TTFT no policy can beat: no queueing, and every leading block that any
 /// earlier request brought already cached on the chosen worker, so only blocks the trace has
-/// never seen before are prefilled. Each replay's TTFT for a request is at least this (a worker
-/// can only hold blocks earlier requests brought), so every percentile of it is at least the
-/// same percentile of these.
-pub fn ttft_lower_bound_ms(requests: &[Request], prefill_us_per_token: f64) -> Vec<f64> {
+/// never seen before are prefilled (batched: at least the last prompt token, in as few steps as
+/// the token budget allows, each with its fixed cost and this one request in it). Each
+/// replay's TTFT for a request is at least this (a worker can only hold blocks earlier requests
+/// brought), so every percentile of it is at least the same percentile of these.
+pub fn ttft_lower_bound_ms(requests: &[Request], cfg: &SimConfig) -> Vec<f64> {
     let mut seen = std::collections::HashSet::new();
     requests
         .iter()
@@ -319,7 +407,16 @@ pub fn ttft_lower_bound_ms(requests: &[Request], prefill_us_per_token: f64) -> V
                 .count() as u64;
             let hit = (known * TOKENS_PER_BLOCK).min(req.input_length);
             seen.extend(req.hash_ids.iter().copied());
-            (req.input_length - hit) as f64 * prefill_us_per_token / 1000.0
+            let prefill = req.input_length - hit;
+            let us = match cfg.serving {
+                Serving::Fifo => prefill as f64 * cfg.prefill_us_per_token,
+                Serving::Batched(m) => {
+                    let tokens = prefill.max(1);
+                    let steps = tokens.div_ceil(m.token_budget) as f64;
+                    steps * (m.base_us + m.per_request_us) + tokens as f64 * m.prefill_us_per_token
+                }
+            };
+            us / 1000.0
         })
         .collect()
 }
@@ -339,6 +436,20 @@ mod tests {
             chars_per_block: 32,
             cache_aware: CacheAwareConfig::default(),
             seed: 1,
+            serving: Serving::Fifo,
+        }
+    }
+
+    /// The same with batching workers, small enough that queues form.
+    fn batched_cfg() -> SimConfig {
+        SimConfig {
+            serving: Serving::Batched(StepModel {
+                base_us: 4600.0,
+                prefill_us_per_token: 25.0,
+                per_request_us: 30.0,
+                token_budget: 2048,
+            }),
+            ..cfg()
         }
     }
 
@@ -366,8 +477,11 @@ mod tests {
     #[test]
     fn a_replay_is_deterministic_apart_from_router_time() {
         let reqs = generate(400, 9);
-        for p in POLICIES {
-            let (a, b) = (run(p, &reqs, &cfg()), run(p, &reqs, &cfg()));
+        for (p, c) in POLICIES
+            .iter()
+            .flat_map(|p| [(p, cfg()), (p, batched_cfg())])
+        {
+            let (a, b) = (run(p, &reqs, &c), run(p, &reqs, &c));
             assert_eq!(
                 (a.hit_tokens, &a.per_worker),
                 (b.hit_tokens, &b.per_worker),
@@ -380,19 +494,21 @@ mod tests {
     #[test]
     fn no_policy_beats_the_lower_bound_on_any_request() {
         let reqs = generate(800, 5);
-        let c = cfg();
-        let bound = ttft_lower_bound_ms(&reqs, c.prefill_us_per_token);
-        let full = |r: &Request| r.input_length as f64 * c.prefill_us_per_token / 1000.0;
-        // The bound credits earlier blocks on some requests, and is not zero everywhere.
-        assert!(reqs.iter().zip(&bound).any(|(r, b)| *b < full(r)));
-        assert!(bound.iter().any(|&b| b > 0.0));
-        for p in POLICIES {
-            let o = run(p, &reqs, &c);
-            for (i, (ttft, lb)) in o.ttft_ms.iter().zip(&bound).enumerate() {
-                assert!(
-                    ttft + 1e-9 >= *lb,
-                    "{p}: request {i} took {ttft} ms, bound {lb}"
-                );
+        for c in [cfg(), batched_cfg()] {
+            let bound = ttft_lower_bound_ms(&reqs, &c);
+            let full = |r: &Request| r.input_length as f64 * c.prefill_us_per_token / 1000.0;
+            // The bound credits earlier blocks on some requests, and is not zero everywhere.
+            assert!(reqs.iter().zip(&bound).any(|(r, b)| *b < full(r)));
+            assert!(bound.iter().any(|&b| b > 0.0));
+            for p in POLICIES {
+                let o = run(p, &reqs, &c);
+                for (i, (ttft, lb)) in o.ttft_ms.iter().zip(&bound).enumerate() {
+                    assert!(
+                        ttft + 1e-9 >= *lb,
+                        "{p} {:?}: request {i} took {ttft} ms, bound {lb}",
+                        c.serving
+                    );
+                }
             }
         }
     }

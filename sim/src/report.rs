@@ -10,7 +10,12 @@ pub struct Row {
     /// `hit_rate` over the oracle's (None when the oracle was not run).
     pub hit_vs_oracle: Option<f64>,
     pub mean_ttft_ms: f64,
+    pub p50_ttft_ms: f64,
     pub p99_ttft_ms: f64,
+    /// Mean ms per output token after the first (requests with more than one).
+    pub mean_tpot_ms: f64,
+    /// Output tokens per second, from the first arrival to the last finish.
+    pub output_tokens_per_s: f64,
     /// Requests on the busiest worker over requests on the idlest (None if one got none).
     pub max_min_requests: Option<f64>,
     pub route_mean_ns: f64,
@@ -45,7 +50,14 @@ pub fn rows(outcomes: &[Outcome]) -> Vec<Row> {
                 hit_rate: hit(o),
                 hit_vs_oracle: oracle.filter(|h| *h > 0.0).map(|h| hit(o) / h),
                 mean_ttft_ms: ttft.iter().sum::<f64>() / ttft.len().max(1) as f64,
+                p50_ttft_ms: quantile(&ttft, 0.5),
                 p99_ttft_ms: quantile(&ttft, 0.99),
+                mean_tpot_ms: o.tpot_ms.iter().sum::<f64>() / o.tpot_ms.len().max(1) as f64,
+                output_tokens_per_s: if o.span_ms > 0.0 {
+                    o.output_tokens as f64 * 1000.0 / o.span_ms
+                } else {
+                    0.0
+                },
                 max_min_requests: (min > 0).then(|| max as f64 / min as f64),
                 route_mean_ns: mean_ns,
                 route_p99_ns: quantile(&ns, 0.99),
@@ -81,7 +93,10 @@ pub fn table(rows: &[Row]) -> comfy_table::Table {
         "token hit rate",
         "vs oracle",
         "mean TTFT (ms)",
+        "p50 TTFT (ms)",
         "p99 TTFT (ms)",
+        "mean TPOT (ms)",
+        "output tok/s",
         "max/min reqs per worker",
         "route mean (ns)",
         "route p99 (ns)",
@@ -94,7 +109,10 @@ pub fn table(rows: &[Row]) -> comfy_table::Table {
             r.hit_vs_oracle
                 .map_or("-".into(), |v| format!("{:.1}%", v * 100.0)),
             format!("{:.1}", r.mean_ttft_ms),
+            format!("{:.1}", r.p50_ttft_ms),
             format!("{:.1}", r.p99_ttft_ms),
+            format!("{:.2}", r.mean_tpot_ms),
+            format!("{:.0}", r.output_tokens_per_s),
             r.max_min_requests
                 .map_or("inf".into(), |v| format!("{v:.2}")),
             format!("{:.0}", r.route_mean_ns),
@@ -107,17 +125,20 @@ pub fn table(rows: &[Row]) -> comfy_table::Table {
 
 pub fn csv(rows: &[Row]) -> String {
     let mut s = String::from(
-        "policy,hit_rate,hit_vs_oracle,mean_ttft_ms,p99_ttft_ms,max_min_requests,route_mean_ns,route_p99_ns,decisions_per_s\n",
+        "policy,hit_rate,hit_vs_oracle,mean_ttft_ms,p50_ttft_ms,p99_ttft_ms,mean_tpot_ms,output_tokens_per_s,max_min_requests,route_mean_ns,route_p99_ns,decisions_per_s\n",
     );
     for r in rows {
         let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.6}"));
         s.push_str(&format!(
-            "{},{:.6},{},{:.3},{:.3},{},{:.1},{:.1},{:.1}\n",
+            "{},{:.6},{},{:.3},{:.3},{:.3},{:.4},{:.1},{},{:.1},{:.1},{:.1}\n",
             r.policy,
             r.hit_rate,
             opt(r.hit_vs_oracle),
             r.mean_ttft_ms,
+            r.p50_ttft_ms,
             r.p99_ttft_ms,
+            r.mean_tpot_ms,
+            r.output_tokens_per_s,
             opt(r.max_min_requests),
             r.route_mean_ns,
             r.route_p99_ns,
