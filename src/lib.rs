@@ -14,6 +14,7 @@ mod clock;
 mod constants;
 mod cow;
 mod error;
+mod estimate;
 mod evictor;
 mod metrics;
 mod policy;

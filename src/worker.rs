@@ -18,10 +18,12 @@
 //! atomic swap of the ticket's flag, so two threads reporting it at once move the work once
 //! (loom model `work_counters_with_first_token_and_drop_racing`).
 
+use crate::estimate::TtftModel;
 use crate::metrics::StripedCounter;
 use crate::sync::{AtomicBool, AtomicUsize, Ordering};
 use std::fmt;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// What a worker does in a (possibly disaggregated) serving fleet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -228,6 +230,18 @@ pub struct LoadTicket {
     prefill: usize,
     /// Whether the first token has been reported (the work moved to decoding).
     first_token: AtomicBool,
+    /// Under the estimated-TTFT rule: the estimate, and the model its first token refines.
+    observer: Option<Observer>,
+}
+
+/// What a ticket routed by the estimated-TTFT rule reports its first token to.
+pub(crate) struct Observer {
+    pub(crate) model: Arc<TtftModel>,
+    pub(crate) routed_at: Instant,
+    /// The estimate's inputs: prefill chars ahead of and in the request, requests decoding.
+    pub(crate) prefill_chars: usize,
+    pub(crate) decoding: usize,
+    pub(crate) estimate_ns: f64,
 }
 
 impl LoadTicket {
@@ -248,7 +262,14 @@ impl LoadTicket {
             cache_hit,
             prefill,
             first_token: AtomicBool::new(false),
+            observer: None,
         }
+    }
+
+    /// The ticket, reporting its first token to `observer`.
+    pub(crate) fn observed_by(mut self, observer: Observer) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// The worker the request was routed to.
@@ -278,9 +299,27 @@ impl LoadTicket {
     }
 
     /// Reports the request's first token (its prefill is done): the worker's queued prefill
-    /// drops by this request's and its decoding count grows by one. Only the first call counts
-    /// (it returns `true`), from any thread.
+    /// drops by this request's and its decoding count grows by one, and under the
+    /// estimated-TTFT rule the time since routing refines the estimate's prefill cost. Only the
+    /// first call counts (it returns `true`), from any thread.
     pub fn first_token(&self) -> bool {
+        self.report_first_token(|o| o.routed_at.elapsed())
+    }
+
+    /// [`LoadTicket::first_token`], with the time from routing to the first token measured by
+    /// the caller (a simulator or a replay, whose clock is not the wall clock).
+    pub fn first_token_after(&self, elapsed: Duration) -> bool {
+        self.report_first_token(|_| elapsed)
+    }
+
+    /// The TTFT the estimated-TTFT rule predicted for this request (`None` under other rules).
+    pub fn estimated_ttft(&self) -> Option<Duration> {
+        self.observer
+            .as_ref()
+            .map(|o| Duration::from_nanos(o.estimate_ns.max(0.0) as u64))
+    }
+
+    fn report_first_token(&self, elapsed: impl FnOnce(&Observer) -> Duration) -> bool {
         #[cfg(not(router_loom_broken_first_token))]
         let first = !self.first_token.swap(true, Ordering::Relaxed);
         // Test-only broken variant (loom must catch it): a load and a store, so two threads
@@ -295,6 +334,9 @@ impl LoadTicket {
                 work.queued_prefill
                     .fetch_sub(self.prefill, Ordering::Relaxed);
                 work.decoding.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Some(o) = &self.observer {
+                o.model.observe(elapsed(o), o.prefill_chars, o.decoding);
             }
         }
         first

@@ -2,7 +2,7 @@
 
 use cache_aware_router::{
     BasicWorkerBuilder, CacheAwareConfig, CacheAwarePolicy, ConfigError, LoadBalancingPolicy,
-    MissRule, RouteError, Worker,
+    MissRule, RouteError, SelectionRule, Worker,
 };
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -474,7 +474,6 @@ fn slices_in_another_order_or_a_subset_resolve_to_the_same_workers() {
 
 #[test]
 fn cost_aware_selection_trades_a_match_against_a_queue() {
-    use cache_aware_router::SelectionRule;
     let build = |rule| {
         CacheAwarePolicy::builder()
             .config(no_evictor())
@@ -592,4 +591,83 @@ fn work_counters_balance_under_concurrent_tickets() {
             (0, 0, 0)
         );
     }
+}
+
+/// The estimated-TTFT rule weighs a worker's queued prefill against the prefill a match saves:
+/// a worker holding the prompt's prefix wins while its queue is short, and loses to an idle
+/// worker once its queue costs more than re-reading the prefix would.
+#[test]
+fn the_ttft_rule_picks_the_lower_estimate() {
+    let policy = CacheAwarePolicy::builder()
+        .config(no_evictor())
+        .selection(SelectionRule::EstimatedTtft)
+        .tie_seed(3)
+        .build()
+        .unwrap();
+    let ws = workers(2, "");
+    for w in &ws {
+        policy.register_worker(w.clone()).unwrap();
+    }
+    let system = "s".repeat(4000);
+    // A miss on two idle workers: either one; the prefix now lives there.
+    let first = policy.route("", &format!("{system} first")).unwrap();
+    let home = first.index();
+    assert!(first.estimated_ttft().is_some());
+    assert!(
+        first.first_token(),
+        "prefill done: the worker is decoding it"
+    );
+    // Same prefix, the home worker decoding one request: it holds 4,000 of the chars.
+    let second = policy.route("", &format!("{system} second")).unwrap();
+    assert_eq!(
+        second.index(),
+        home,
+        "the match outweighs one decoding request"
+    );
+    assert!(second.cache_hit());
+    assert!(second.first_token());
+    // A long prompt on the same prefix: the home worker, idle but for decoding, saves its
+    // 4,000 chars, so it takes it and now has about 100 K chars of prefill queued.
+    let backlog = policy
+        .route("", &format!("{system}{}", "q".repeat(100_000)))
+        .unwrap();
+    assert_eq!(backlog.index(), home);
+    // The next request on the prefix: the queue costs more than the 4,000 chars it saves.
+    let third = policy.route("", &format!("{system} third")).unwrap();
+    assert_eq!(third.index(), 1 - home, "the idle worker, prefix or not");
+    assert!(!third.cache_hit());
+    // The estimates saw the queue: the backlog's own is far above the second's.
+    let est = |t: &cache_aware_router::LoadTicket| t.estimated_ttft().unwrap();
+    assert!(est(&backlog) > est(&second) * 10);
+}
+
+/// Reported first-token times fit the estimate's prefill cost: after a run of requests whose
+/// first token comes 1 ns a char after routing, the estimate for a 10 K-char prompt on an idle
+/// worker is about 10 us, not the default 60 ms.
+#[test]
+fn first_token_times_fit_the_ttft_estimate() {
+    let policy = CacheAwarePolicy::builder()
+        .config(no_evictor())
+        .selection(SelectionRule::EstimatedTtft)
+        .build()
+        .unwrap();
+    let w: Arc<dyn Worker> = Arc::new(BasicWorkerBuilder::new("http://w0:8000").build());
+    policy.register_worker(w).unwrap();
+    let prompt = |i: usize| format!("{i:05}{}", "z".repeat(9_995));
+    let before = policy
+        .route("", &prompt(99_999))
+        .unwrap()
+        .estimated_ttft()
+        .unwrap();
+    assert!(before > Duration::from_millis(50), "{before:?}");
+    for i in 0..200 {
+        let t = policy.route("", &prompt(i)).unwrap();
+        t.first_token_after(Duration::from_nanos(t.prefill_chars() as u64));
+    }
+    let after = policy
+        .route("", &prompt(77_777))
+        .unwrap()
+        .estimated_ttft()
+        .unwrap();
+    assert!(after < Duration::from_micros(100), "{after:?}");
 }

@@ -17,7 +17,7 @@ use super::budget::Budget;
 use super::candidates::{Candidate, Snapshot};
 use super::config::{CacheAwareConfig, ConfigError, MissRule, SelectionRule};
 use super::models::{tree_key, ModelState, Registered, Tables};
-use super::rules::Rules;
+use super::rules::{Estimate, Rules};
 use super::LoadBalancingPolicy;
 use crate::cow::CowCell;
 use crate::error::RouteError;
@@ -25,13 +25,13 @@ use crate::evictor::{Evictor, Housekeeper};
 use crate::metrics::{Counters, MetricsSnapshot, WorkerStats};
 use crate::sync::{AtomicU64, Ordering};
 use crate::tree::EvictionStats;
-use crate::worker::{LoadTicket, Worker};
+use crate::worker::{LoadTicket, Observer, Worker};
 use crossbeam_epoch as epoch;
 use std::any::Any;
 use std::cell::Cell;
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Routes by prefix-cache affinity while load is balanced, by load when it is not (the seed's
 /// `CacheAwarePolicy`), over per-model lock-free trees. The request whose insert takes a tree
@@ -164,6 +164,8 @@ struct Decision {
     index: usize,
     hit: bool,
     prefill: usize,
+    /// The estimated-TTFT rule's estimate for the pick.
+    estimate: Option<Estimate>,
 }
 
 impl Shared {
@@ -223,6 +225,7 @@ impl Shared {
             index: chosen.index,
             hit,
             prefill: total_chars.saturating_sub(chosen.matched),
+            estimate: self.rules.estimate(&chosen, total_chars),
         })
     }
 
@@ -445,7 +448,17 @@ impl CacheAwarePolicy {
         };
         let worker = &list[d.index].worker;
         worker.increment_processed();
-        Ok(LoadTicket::new(worker.clone(), d.index, d.hit, d.prefill))
+        let ticket = LoadTicket::new(worker.clone(), d.index, d.hit, d.prefill);
+        Ok(match d.estimate {
+            Some(e) => ticket.observed_by(Observer {
+                model: self.shared.rules.ttft_model().clone(),
+                routed_at: Instant::now(),
+                prefill_chars: e.prefill_chars,
+                decoding: e.decoding,
+                estimate_ns: e.ns,
+            }),
+            None => ticket,
+        })
     }
 
     /// Eviction now, as the evictor thread runs it on each tick: every model tree over
@@ -549,12 +562,7 @@ fn gather<'g>(
             (Models::One(m), None) if !Arc::ptr_eq(m, &r.model) => models = Models::Several,
             _ => {}
         }
-        out.push(Candidate {
-            tenant: r.tenant,
-            index,
-            load: w.load(),
-            matched: 0,
-        });
+        out.push(Candidate::with_worker(r.tenant, index, &**w));
     }
     (models, unseen)
 }

@@ -3,6 +3,7 @@
 use super::models::Registered;
 use crate::constants::INLINE_WORKERS;
 use crate::tenant::TenantId;
+use crate::worker::Worker;
 
 /// One eligible worker as a decision sees it: its tenant id, its index in the caller's list,
 /// and its load, read once.
@@ -13,6 +14,10 @@ pub(super) struct Candidate {
     pub(super) load: usize,
     /// Chars of the prompt it holds (cost-aware rule).
     pub(super) matched: usize,
+    /// Prompt chars routed to it and not past their first token (`Worker::work`).
+    pub(super) queued_prefill: usize,
+    /// Requests it is decoding (`Worker::work`).
+    pub(super) decoding: usize,
 }
 
 impl Candidate {
@@ -21,14 +26,26 @@ impl Candidate {
         index: 0,
         load: 0,
         matched: 0,
+        queued_prefill: 0,
+        decoding: 0,
     };
 
     pub(super) fn of(index: usize, r: &Registered) -> Self {
+        Self::with_worker(r.tenant, index, &*r.worker)
+    }
+
+    /// Candidate `index`, tenant `tenant`, with `worker`'s load and work read now.
+    pub(super) fn with_worker(tenant: TenantId, index: usize, worker: &dyn Worker) -> Self {
+        let (queued_prefill, decoding) = worker
+            .work()
+            .map_or((0, 0), |w| (w.queued_prefill(), w.decoding()));
         Candidate {
-            tenant: r.tenant,
+            tenant,
             index,
-            load: r.worker.load(),
+            load: worker.load(),
             matched: 0,
+            queued_prefill,
+            decoding,
         }
     }
 }

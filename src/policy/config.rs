@@ -27,6 +27,14 @@ pub enum SelectionRule {
     /// match is the longest prefix of the prompt it holds; the lowest score wins. A long match
     /// wins only while the worker's queue does not cost more than the prefill it saves.
     CostAware,
+    /// Estimated time to first token: every eligible worker is scored by the prefill it has
+    /// queued (prompt chars routed to it and not past their first token, from the load
+    /// tickets) plus this prompt's chars it does not hold, times a prefill cost per char, plus
+    /// its requests decoding times a decode-interference cost; the lowest estimate wins, ties
+    /// to the longer match. The prefill cost is learned from the first-token times the
+    /// tickets report ([`crate::LoadTicket::first_token`]); until then it is 6 us a char
+    /// (25 us a token of about 4 chars). Needs the native API's tickets to see queued work.
+    EstimatedTtft,
 }
 
 /// The seed's configuration, same fields. Defaults are the SGLang router's command-line

@@ -12,8 +12,10 @@
 
 use super::candidates::Candidate;
 use super::config::SelectionRule;
+use crate::estimate::TtftModel;
 use crate::sync::{AtomicU64, Ordering};
 use crate::tree::{Holders, MatchCounts};
+use std::sync::Arc;
 
 /// A rule and what it learns from the requests it sees.
 pub(super) struct Rules {
@@ -22,6 +24,18 @@ pub(super) struct Rules {
     threshold: f32,
     /// Running mean of request size in chars (cost rule): what one queued request costs.
     mean_chars: AtomicU64,
+    /// The TTFT estimate's costs (estimated-TTFT rule), fitted by the tickets.
+    ttft: Arc<TtftModel>,
+}
+
+/// What the estimated-TTFT rule predicted for its pick, for the ticket to check against the
+/// first token: the prefill chars ahead of and in the request, the requests decoding, and the
+/// estimate in ns.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Estimate {
+    pub(super) prefill_chars: usize,
+    pub(super) decoding: usize,
+    pub(super) ns: f64,
 }
 
 impl Rules {
@@ -30,7 +44,13 @@ impl Rules {
             selection,
             threshold,
             mean_chars: AtomicU64::new(0),
+            ttft: Arc::new(TtftModel::new()),
         }
+    }
+
+    /// The TTFT estimate's costs, which the estimated-TTFT rule's tickets fit.
+    pub(super) fn ttft_model(&self) -> &Arc<TtftModel> {
+        &self.ttft
     }
 
     pub(super) fn selection(&self) -> SelectionRule {
@@ -50,13 +70,27 @@ impl Rules {
         holders: Holders<'_>,
         draw: impl FnMut(u64) -> u64,
     ) -> (Candidate, bool) {
-        if holders.is_empty() {
-            return (least, false);
-        }
         match self.selection {
+            _ if holders.is_empty() && self.selection != SelectionRule::EstimatedTtft => {
+                (least, false)
+            }
             SelectionRule::Threshold => self.threshold(list, least, counts, holders),
             SelectionRule::CostAware => self.cost_aware(list, least, counts, holders, draw),
+            SelectionRule::EstimatedTtft => self.estimated_ttft(list, least, counts, holders, draw),
         }
+    }
+
+    /// The estimate behind `chosen` for a prompt of `total_chars`, under the estimated-TTFT
+    /// rule (`None` under the others).
+    pub(super) fn estimate(&self, chosen: &Candidate, total_chars: usize) -> Option<Estimate> {
+        (self.selection == SelectionRule::EstimatedTtft).then(|| {
+            let prefill_chars = chosen.queued_prefill + total_chars.saturating_sub(chosen.matched);
+            Estimate {
+                prefill_chars,
+                decoding: chosen.decoding,
+                ns: self.ttft.estimate_ns(prefill_chars, chosen.decoding),
+            }
+        })
     }
 
     /// What the rules learn from a decided request: its size in chars.
@@ -154,6 +188,60 @@ impl Rules {
             }
         }
         let hit = chosen.matched as f32 > self.threshold * counts.total_chars as f32;
+        (chosen, hit)
+    }
+
+    /// The estimated-TTFT rule: each worker's queued prefill plus the prompt's chars it does
+    /// not hold, times the prefill cost, plus its decoding requests times the decode cost
+    /// (`estimate.rs`); the lowest estimate wins, ties to the longer match, exact ties at
+    /// random. A hit if the winner holds more than the threshold of the prompt.
+    fn estimated_ttft(
+        &self,
+        list: &mut [Candidate],
+        least: Candidate,
+        counts: MatchCounts,
+        holders: Holders<'_>,
+        mut draw: impl FnMut(u64) -> u64,
+    ) -> (Candidate, bool) {
+        if !holders.is_empty() {
+            list.sort_unstable_by_key(|c| c.tenant);
+            holders.for_each_prefix(|tenant, chars| {
+                if let Ok(i) = list.binary_search_by_key(&tenant, |c| c.tenant) {
+                    list[i].matched = list[i].matched.max(chars);
+                }
+            });
+        }
+        let total = counts.total_chars;
+        let estimate = |c: &Candidate| {
+            self.ttft.estimate_ns(
+                c.queued_prefill + total.saturating_sub(c.matched),
+                c.decoding,
+            )
+        };
+        let better = |a: &Candidate, b: &Candidate| {
+            estimate(a)
+                .total_cmp(&estimate(b))
+                .then(b.matched.cmp(&a.matched))
+        };
+        let mut chosen = list
+            .iter()
+            .find(|c| c.index == least.index)
+            .copied()
+            .unwrap_or(least);
+        let mut ties = 0;
+        for c in list.iter() {
+            match better(c, &chosen) {
+                std::cmp::Ordering::Less => (chosen, ties) = (*c, 0),
+                std::cmp::Ordering::Equal if c.index != chosen.index => {
+                    ties += 1;
+                    if draw(ties + 1) == 0 {
+                        chosen = *c;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let hit = chosen.matched as f32 > self.threshold * total as f32;
         (chosen, hit)
     }
 }
