@@ -287,9 +287,13 @@ pub fn simulate(
             match event {
                 Event::Admitted { hit_tokens, .. } => out.hit_tokens += hit_tokens,
                 Event::FirstToken { id, .. } => {
-                    out.ttft_ms[id] = (at - arrival(id)) / 1000.0;
+                    let ttft_us = at - arrival(id);
+                    out.ttft_ms[id] = ttft_us / 1000.0;
                     first_token_at[id] = at;
-                    router.first_token(w, id);
+                    if let Some(predicted) = router.first_token(w, id, ttft_us) {
+                        out.estimate_errors
+                            .push((predicted - ttft_us).abs() / ttft_us.max(1.0));
+                    }
                 }
                 Event::Finished { id, .. } => {
                     let outputs = requests[id].output_length;

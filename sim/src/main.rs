@@ -57,7 +57,8 @@ struct Args {
     #[arg(long, default_value_t = 8)]
     workers: usize,
     /// Policies to compare, comma-separated: cache-aware (the seed's threshold rule),
-    /// cache-aware-cost (cost-aware choice: queued work + unmatched prefill), round-robin,
+    /// cache-aware-cost (cost-aware choice: queued work + unmatched prefill), cache-aware-ttft
+    /// (lowest estimated time to first token, its costs fitted to the first tokens), round-robin,
     /// random, power-of-two, least-load, prefix-hash (consistent hashing on the first block,
     /// bounded load), oracle (exact caches and queues: lowest modelled TTFT). Default: all.
     #[arg(long, value_delimiter = ',')]
@@ -293,6 +294,9 @@ fn run(args: Args) -> Result<(), String> {
     println!("{}", report::table(&rows));
     let bound = model::ttft_lower_bound_ms(&requests, &cfg);
     println!("{}", report::bound_line(&bound, &rows));
+    for line in report::estimate_lines(&rows) {
+        println!("{line}");
+    }
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?;
         write_atomically(path, &json)?;

@@ -68,6 +68,7 @@ pub enum Engine {
 pub const POLICIES: &[&str] = &[
     "cache-aware",
     "cache-aware-cost",
+    "cache-aware-ttft",
     "round-robin",
     "random",
     "power-of-two",
@@ -80,8 +81,11 @@ pub const POLICIES: &[&str] = &[
 pub trait Router: Send {
     /// The worker for `req` (whose prompt text is `text`), arriving at `now_us`.
     fn route(&mut self, req: &Request, text: &str, now_us: f64, cluster: &Cluster) -> usize;
-    /// Called when a request routed to `worker` gets its first token (batched serving).
-    fn first_token(&mut self, _worker: usize, _request: usize) {}
+    /// Called when a request routed to `worker` gets its first token, `ttft_us` after it
+    /// arrived; returns the TTFT the router had predicted for it, if it predicts one.
+    fn first_token(&mut self, _worker: usize, _request: usize, _ttft_us: f64) -> Option<f64> {
+        None
+    }
     /// Called when a request routed to `worker` finishes.
     fn complete(&mut self, _worker: usize, _request: usize) {}
 }
@@ -91,6 +95,7 @@ pub fn make_router(name: &str, cfg: &SimConfig) -> Result<Box<dyn Router>, Strin
     Ok(match name {
         "cache-aware" => Box::new(CacheAware::new(cfg, SelectionRule::Threshold)?),
         "cache-aware-cost" => Box::new(CacheAware::new(cfg, SelectionRule::CostAware)?),
+        "cache-aware-ttft" => Box::new(CacheAware::new(cfg, SelectionRule::EstimatedTtft)?),
         "round-robin" => Box::new(RoundRobin(0)),
         "random" => Box::new(RandomPick(Rng::new(cfg.seed))),
         "power-of-two" => Box::new(PowerOfTwo(Rng::new(cfg.seed))),
@@ -151,10 +156,10 @@ impl Router for CacheAware {
         self.next_request += 1;
         index
     }
-    fn first_token(&mut self, _worker: usize, request: usize) {
-        if let Some(ticket) = self.tickets.get(&request) {
-            ticket.first_token();
-        }
+    fn first_token(&mut self, _worker: usize, request: usize, ttft_us: f64) -> Option<f64> {
+        let ticket = self.tickets.get(&request)?;
+        ticket.first_token_after(std::time::Duration::from_secs_f64(ttft_us / 1e6));
+        ticket.estimated_ttft().map(|d| d.as_secs_f64() * 1e6)
     }
     fn complete(&mut self, _worker: usize, request: usize) {
         self.tickets.remove(&request);
@@ -280,6 +285,8 @@ pub struct Outcome {
     pub ttft_ms: Vec<f64>,
     /// Per request with more than one output token: ms per output token after the first.
     pub tpot_ms: Vec<f64>,
+    /// Per request the router predicted a TTFT for: |predicted - simulated| / simulated.
+    pub estimate_errors: Vec<f64>,
     pub output_tokens: u64,
     /// From the first arrival to the last finish, in ms.
     pub span_ms: f64,
@@ -315,6 +322,7 @@ pub(crate) fn outcome(name: &str, requests: usize, workers: usize) -> Outcome {
         hit_tokens: 0,
         ttft_ms: Vec::with_capacity(requests),
         tpot_ms: Vec::new(),
+        estimate_errors: Vec::new(),
         output_tokens: 0,
         span_ms: 0.0,
         per_worker: vec![0; workers],
@@ -340,10 +348,23 @@ fn simulate_fifo(
     };
     // (finish time in ns as an integer for ordering, worker, request index)
     let mut running: BinaryHeap<Reverse<(u64, usize, usize)>> = BinaryHeap::new();
+    // (first-token time in ns, worker, request index), reported to the router in time order.
+    let mut firsts: BinaryHeap<Reverse<(u64, usize, usize)>> = BinaryHeap::new();
     let mut out = outcome(name, requests.len(), n);
     let mut last_finish: f64 = 0.0;
     for (i, req) in requests.iter().enumerate() {
         let now = req.timestamp as f64 * 1000.0 / cfg.speedup;
+        while let Some(Reverse((at, w, r))) = firsts.peek().copied() {
+            if at as f64 / 1000.0 > now {
+                break;
+            }
+            firsts.pop();
+            let ttft_us = out.ttft_ms[r] * 1000.0;
+            if let Some(predicted) = router.first_token(w, r, ttft_us) {
+                out.estimate_errors
+                    .push((predicted - ttft_us).abs() / ttft_us.max(1.0));
+            }
+        }
         while let Some(Reverse((finish, w, r))) = running.peek().copied() {
             if finish as f64 / 1000.0 > now {
                 break;
@@ -371,6 +392,7 @@ fn simulate_fifo(
         cluster.in_flight[w] += 1;
         caches[w].touch(&req.hash_ids);
         running.push(Reverse(((finish * 1000.0) as u64, w, i)));
+        firsts.push(Reverse((((begin + prefill) * 1000.0) as u64, w, i)));
         out.input_tokens += req.input_length;
         out.hit_tokens += hit;
         out.ttft_ms.push((begin - now + prefill) / 1000.0);

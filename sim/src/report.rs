@@ -16,6 +16,8 @@ pub struct Row {
     pub mean_tpot_ms: f64,
     /// Output tokens per second, from the first arrival to the last finish.
     pub output_tokens_per_s: f64,
+    /// For a policy that predicts TTFT: the median of |predicted - simulated| / simulated.
+    pub ttft_estimate_error: Option<f64>,
     /// Requests on the busiest worker over requests on the idlest (None if one got none).
     pub max_min_requests: Option<f64>,
     pub route_mean_ns: f64,
@@ -58,6 +60,11 @@ pub fn rows(outcomes: &[Outcome]) -> Vec<Row> {
                 } else {
                     0.0
                 },
+                ttft_estimate_error: (!o.estimate_errors.is_empty()).then(|| {
+                    let mut e = o.estimate_errors.clone();
+                    e.sort_by(f64::total_cmp);
+                    quantile(&e, 0.5)
+                }),
                 max_min_requests: (min > 0).then(|| max as f64 / min as f64),
                 route_mean_ns: mean_ns,
                 route_p99_ns: quantile(&ns, 0.99),
@@ -83,6 +90,20 @@ pub fn bound_line(bound_ms: &[f64], rows: &[Row]) -> String {
          cached where it goes): mean {mean:.1} ms, p99 {p99:.1} ms.\np99 TTFT over that bound: {}",
         ratios.join(", ")
     )
+}
+
+/// A line per policy that predicts TTFT: how far its predictions were from the simulation.
+pub fn estimate_lines(rows: &[Row]) -> Vec<String> {
+    rows.iter()
+        .filter_map(|r| {
+            let e = r.ttft_estimate_error?;
+            Some(format!(
+                "{}: predicted TTFT within {:.0}% of the simulated one for half the requests (median absolute error)",
+                r.policy,
+                e * 100.0
+            ))
+        })
+        .collect()
 }
 
 pub fn table(rows: &[Row]) -> comfy_table::Table {

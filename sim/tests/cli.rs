@@ -20,6 +20,8 @@ fn the_default_run_reports_every_policy() {
     assert_eq!(code, 0);
     for p in [
         "cache-aware",
+        "cache-aware-cost",
+        "cache-aware-ttft",
         "round-robin",
         "random",
         "power-of-two",
@@ -137,6 +139,6 @@ fn parallel_replays_report_what_a_serial_one_does() {
         rows
     };
     let serial = rows("1");
-    assert_eq!(serial.as_array().unwrap().len(), 8, "every policy");
+    assert_eq!(serial.as_array().unwrap().len(), 9, "every policy");
     assert_eq!(rows("3"), serial);
 }
