@@ -83,6 +83,7 @@ fn misses_spread_over_idle_workers_by_default_and_pile_up_under_the_seed_rule() 
     let spread = CacheAwarePolicy::with_config(no_evictor());
     let piled = CacheAwarePolicy::builder()
         .config(no_evictor())
+        .selection(SelectionRule::Threshold)
         .miss_rule(MissRule::SmallestTree)
         .build()
         .unwrap();

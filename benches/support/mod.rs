@@ -6,7 +6,8 @@ pub(crate) mod dispatch;
 
 use crate::baseline::{BaseWorker, BaselinePolicy, Config};
 use cache_aware_router::{
-    BasicWorkerBuilder, CacheAwareConfig, CacheAwarePolicy, LoadBalancingPolicy, Worker,
+    BasicWorkerBuilder, CacheAwareConfig, CacheAwarePolicy, LoadBalancingPolicy, SelectionRule,
+    Worker,
 };
 use std::path::Path;
 use std::sync::Arc;
@@ -165,7 +166,9 @@ pub(crate) struct Ours {
 
 impl Ours {
     pub(crate) fn new(workers: usize, eviction_secs: u64, max_tree_size: usize) -> Self {
+        // The seed's rule, as the baseline makes its decisions.
         let policy = CacheAwarePolicy::builder()
+            .selection(SelectionRule::Threshold)
             .config(CacheAwareConfig {
                 eviction_interval_secs: eviction_secs,
                 max_tree_size,

@@ -41,7 +41,11 @@ pub(crate) struct State {
 impl State {
     /// Workers as `URL` (serving `default_model`) or `URL=MODEL`.
     pub(crate) fn new(specs: &[String], default_model: &str) -> Result<Arc<Self>, String> {
-        let policy = CacheAwarePolicy::try_with_config(CacheAwareConfig::default())
+        // The builder's default rule: the lowest estimated time to first token, fitted to the
+        // first tokens this proxy reports.
+        let policy = CacheAwarePolicy::builder()
+            .config(CacheAwareConfig::default())
+            .build()
             .map_err(|e| e.to_string())?;
         let mut workers = Vec::new();
         let mut models = vec![default_model.to_string()];

@@ -65,7 +65,9 @@ impl CacheAwarePolicyBuilder {
         self
     }
 
-    /// How balanced requests pick a worker (default: the seed's threshold rule).
+    /// How balanced requests pick a worker (default: [`SelectionRule::EstimatedTtft`], the
+    /// lowest estimated time to first token; `new` and `with_config` keep the seed's
+    /// threshold rule).
     pub fn selection(mut self, rule: SelectionRule) -> Self {
         self.selection = rule;
         self
@@ -334,7 +336,10 @@ impl CacheAwarePolicy {
 
     /// The policy, or why `config` cannot be used.
     pub fn try_with_config(config: CacheAwareConfig) -> Result<Self, ConfigError> {
-        Self::builder().config(config).build()
+        Self::builder()
+            .config(config)
+            .selection(SelectionRule::Threshold)
+            .build()
     }
 
     /// A builder for options beyond the seed's config.

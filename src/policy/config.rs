@@ -17,10 +17,9 @@ pub enum MissRule {
 /// How a balanced request picks among workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SelectionRule {
-    /// The seed's rule (default): if more than `cache_threshold` of the prompt matches, the
-    /// least-loaded worker holding the longest match, however long its queue; else the miss
-    /// rule.
-    #[default]
+    /// The seed's rule (the seed-compatible constructors' `new` and `with_config`): if more
+    /// than `cache_threshold` of the prompt matches, the least-loaded worker holding the
+    /// longest match, however long its queue; else the miss rule.
     Threshold,
     /// Cost-aware: every eligible worker is scored by its queued work plus the prefill it would
     /// still have to do, `load x half the mean request chars + unmatched chars`, where its
@@ -33,7 +32,10 @@ pub enum SelectionRule {
     /// its requests decoding times a decode-interference cost; the lowest estimate wins, ties
     /// to the longer match. The prefill cost is learned from the first-token times the
     /// tickets report ([`crate::LoadTicket::first_token`]); until then it is 6 us a char
-    /// (25 us a token of about 4 chars). Needs the native API's tickets to see queued work.
+    /// (25 us a token of about 4 chars). The holder of the longest match keeps the request
+    /// while its estimate is within 2x of the lowest. Needs the native API's tickets to see
+    /// queued work. The default of [`crate::CacheAwarePolicy::builder`].
+    #[default]
     EstimatedTtft,
 }
 

@@ -12,6 +12,7 @@
 
 use super::candidates::Candidate;
 use super::config::SelectionRule;
+use crate::constants::TTFT_EXPLOIT_FACTOR;
 use crate::estimate::TtftModel;
 use crate::sync::{AtomicU64, Ordering};
 use crate::tree::{Holders, MatchCounts};
@@ -194,7 +195,9 @@ impl Rules {
     /// The estimated-TTFT rule: each worker's queued prefill plus the prompt's chars it does
     /// not hold, times the prefill cost, plus its decoding requests times the decode cost
     /// (`estimate.rs`); the lowest estimate wins, ties to the longer match, exact ties at
-    /// random. A hit if the winner holds more than the threshold of the prompt.
+    /// random; but the holder of the longest match (past the threshold) wins while its
+    /// estimate is within `TTFT_EXPLOIT_FACTOR` of the lowest. A hit if the winner holds more
+    /// than the threshold of the prompt.
     fn estimated_ttft(
         &self,
         list: &mut [Candidate],
@@ -239,6 +242,21 @@ impl Rules {
                     }
                 }
                 _ => {}
+            }
+        }
+        // Exploit the longest match unless its estimate is clearly worse (Preble's E2): the
+        // holder keeps the prefix hot for the requests that follow, which no estimate of this
+        // one request sees.
+        let longest = list.iter().max_by(|a, b| {
+            a.matched
+                .cmp(&b.matched)
+                .then(estimate(b).total_cmp(&estimate(a)))
+        });
+        if let Some(longest) = longest {
+            if longest.matched as f32 > self.threshold * total as f32
+                && estimate(longest) <= estimate(&chosen) * TTFT_EXPLOIT_FACTOR
+            {
+                chosen = *longest;
             }
         }
         let hit = chosen.matched as f32 > self.threshold * total as f32;
