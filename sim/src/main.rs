@@ -37,8 +37,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// cache, and a request waits until its blocks fit. The step defaults are those of
 /// Llama-3.1-8B-Instruct on one H100 in NVIDIA's NIM LLM benchmarks (NIM 1.8.0: inter-token
 /// latency 4.63 ms at 1 concurrent request, 7.57 ms at 100, so 4.6 ms a step plus 30 us a
-/// request; docs.nvidia.com/nim/benchmarking/llm, "Performance"); prefill at 25 us a token
-/// (40 K tokens/s). fifo: each worker serves one request at a time in arrival order; prefill
+/// request; docs.nvidia.com/nim/benchmarking/llm, "Performance"), and prefill at 16 us a token
+/// (the NIM of Llama-3.1-Nemotron-Safety-Guard-8B, a Llama-3.1-8B, on GH200 in BF16: 15.7 ms to
+/// the first token of 1,000 input tokens at 1 concurrent request; its "Performance" page).
+/// fifo: each worker serves one request at a time in arrival order; prefill
 /// takes --prefill-us-per-token per uncached prompt token, decode --decode-ms-per-token per
 /// output token. In both, a request hits the longest run of its leading blocks cached where it
 /// goes, and the router sees only the prompt's text: each block id becomes a fixed block of
@@ -82,9 +84,10 @@ struct Args {
     /// Replay this many times faster than the trace's timestamps.
     #[arg(long, default_value_t = 1.0)]
     speedup: f64,
-    /// Prefill time per uncached prompt token, in microseconds.
-    #[arg(long, default_value_t = 25.0)]
-    prefill_us_per_token: f64,
+    /// Prefill time per uncached prompt token, in microseconds. Default: 16 with --serving
+    /// batched (see above), 25 with fifo.
+    #[arg(long)]
+    prefill_us_per_token: Option<f64>,
     /// fifo: decode time per output token, in milliseconds.
     #[arg(long, default_value_t = 2.0)]
     decode_ms_per_token: f64,
@@ -164,7 +167,10 @@ fn check(args: &Args) -> Result<(), String> {
         return Err("--speedup must be a positive, finite number".into());
     }
     let times = [
-        ("--prefill-us-per-token", args.prefill_us_per_token),
+        (
+            "--prefill-us-per-token",
+            args.prefill_us_per_token.unwrap_or(0.0),
+        ),
         ("--decode-ms-per-token", args.decode_ms_per_token),
         ("--step-base-ms", args.step_base_ms),
         ("--step-us-per-request", args.step_us_per_request),
@@ -202,6 +208,12 @@ fn check(args: &Args) -> Result<(), String> {
 
 fn run(args: Args) -> Result<(), String> {
     check(&args)?;
+    let prefill_us_per_token = args
+        .prefill_us_per_token
+        .unwrap_or(match args.serving.as_str() {
+            "fifo" => 25.0,
+            _ => 16.0,
+        });
     let policies: Vec<String> = if args.policy.is_empty() {
         POLICIES.iter().map(|s| s.to_string()).collect()
     } else {
@@ -239,7 +251,7 @@ fn run(args: Args) -> Result<(), String> {
     let cfg = SimConfig {
         workers: args.workers,
         cache_blocks,
-        prefill_us_per_token: args.prefill_us_per_token,
+        prefill_us_per_token,
         decode_ms_per_token: args.decode_ms_per_token,
         speedup: args.speedup,
         chars_per_block: args.chars_per_block,
@@ -249,7 +261,7 @@ fn run(args: Args) -> Result<(), String> {
             "fifo" => Serving::Fifo,
             _ => Serving::Batched(StepModel {
                 base_us: args.step_base_ms * 1000.0,
-                prefill_us_per_token: args.prefill_us_per_token,
+                prefill_us_per_token,
                 per_request_us: args.step_us_per_request,
                 token_budget: args.token_budget,
             }),
