@@ -62,9 +62,10 @@ pub(crate) const EVICT_FANOUT: usize = 16;
 /// The estimated-TTFT rule sends a request to the holder of its longest match (past the cache
 /// threshold) while that worker's estimate is at most this many times the lowest: one
 /// request's estimate does not see the requests that will follow on the same prefix. In the
-/// simulator (batching workers, both traces, 1x to 4x the traces' rate, 25 us a prefill token) 1x kept mean TTFT
-/// within 1.05x of the oracle's but lost 3-3.6 points of hit rate to the seed rule at 4x; 2x
-/// keeps the hit rate within 1.2 points and mean TTFT within 1.02x; 1.5x was between.
+/// simulator (batching workers, both traces, 1x to 4x the traces' rate, 25 us a prefill
+/// token), 1x kept mean TTFT within 1.05x of the oracle's but lost 3-3.6 points of hit rate to
+/// the seed rule at 4x; 2x keeps the hit rate within 1.2 points and mean TTFT within 1.02x;
+/// 1.5x was between.
 pub(crate) const TTFT_EXPLOIT_FACTOR: f64 = 2.0;
 
 /// Cells of a striped counter (the policy's counters, each worker's processed count). Threads
