@@ -159,35 +159,14 @@ impl Rules {
         // begun, and their prefill is partly cached. (Swept in the simulator: 0.25x to 1.5x;
         // 0.5x kept hits within 2 points of the seed rule on both traces with the best p99.)
         let queue_cost = self.mean_chars.load(Ordering::Relaxed) as usize / 2;
-        list.sort_unstable_by_key(|c| c.tenant);
-        holders.for_each_prefix(|tenant, chars| {
-            if let Ok(i) = list.binary_search_by_key(&tenant, |c| c.tenant) {
-                list[i].matched = list[i].matched.max(chars);
-            }
-        });
-        let mut chosen = least;
-        if let Ok(i) = list.binary_search_by_key(&chosen.tenant, |c| c.tenant) {
-            chosen = list[i];
-        }
+        fill_matched(list, &holders);
         let key = |c: &Candidate| {
             (
                 c.load * queue_cost + (counts.total_chars - c.matched),
                 c.load,
             )
         };
-        let mut ties = 0;
-        for c in list.iter() {
-            match key(c).cmp(&key(&chosen)) {
-                std::cmp::Ordering::Less => (chosen, ties) = (*c, 0),
-                std::cmp::Ordering::Equal if c.index != chosen.index => {
-                    ties += 1;
-                    if draw(ties + 1) == 0 {
-                        chosen = *c;
-                    }
-                }
-                _ => {}
-            }
-        }
+        let chosen = lowest(list, least, |a, b| key(a).cmp(&key(b)), &mut draw);
         let hit = chosen.matched as f32 > self.threshold * counts.total_chars as f32;
         (chosen, hit)
     }
@@ -206,14 +185,7 @@ impl Rules {
         holders: Holders<'_>,
         mut draw: impl FnMut(u64) -> u64,
     ) -> (Candidate, bool) {
-        if !holders.is_empty() {
-            list.sort_unstable_by_key(|c| c.tenant);
-            holders.for_each_prefix(|tenant, chars| {
-                if let Ok(i) = list.binary_search_by_key(&tenant, |c| c.tenant) {
-                    list[i].matched = list[i].matched.max(chars);
-                }
-            });
-        }
+        fill_matched(list, &holders);
         let total = counts.total_chars;
         let estimate = |c: &Candidate| {
             self.ttft.estimate_ns(
@@ -226,24 +198,7 @@ impl Rules {
                 .total_cmp(&estimate(b))
                 .then(b.matched.cmp(&a.matched))
         };
-        let mut chosen = list
-            .iter()
-            .find(|c| c.index == least.index)
-            .copied()
-            .unwrap_or(least);
-        let mut ties = 0;
-        for c in list.iter() {
-            match better(c, &chosen) {
-                std::cmp::Ordering::Less => (chosen, ties) = (*c, 0),
-                std::cmp::Ordering::Equal if c.index != chosen.index => {
-                    ties += 1;
-                    if draw(ties + 1) == 0 {
-                        chosen = *c;
-                    }
-                }
-                _ => {}
-            }
-        }
+        let mut chosen = lowest(list, least, better, &mut draw);
         // Exploit the longest match unless its estimate is clearly worse (Preble's E2): the
         // holder keeps the prefix hot for the requests that follow, which no estimate of this
         // one request sees.
@@ -262,4 +217,47 @@ impl Rules {
         let hit = chosen.matched as f32 > self.threshold * total as f32;
         (chosen, hit)
     }
+}
+
+/// Sets each candidate's `matched` to the longest prefix of the prompt it holds (`list` is
+/// sorted by tenant for the lookups).
+fn fill_matched(list: &mut [Candidate], holders: &Holders<'_>) {
+    if holders.is_empty() {
+        return;
+    }
+    list.sort_unstable_by_key(|c| c.tenant);
+    holders.for_each_prefix(|tenant, chars| {
+        if let Ok(i) = list.binary_search_by_key(&tenant, |c| c.tenant) {
+            list[i].matched = list[i].matched.max(chars);
+        }
+    });
+}
+
+/// The least candidate of `list` by `cmp`, starting from `least` (the miss rule's pick, as
+/// `list` holds it), exact ties broken at random with `draw` so misses still spread.
+fn lowest(
+    list: &[Candidate],
+    least: Candidate,
+    cmp: impl Fn(&Candidate, &Candidate) -> std::cmp::Ordering,
+    draw: &mut impl FnMut(u64) -> u64,
+) -> Candidate {
+    let mut chosen = list
+        .iter()
+        .find(|c| c.index == least.index)
+        .copied()
+        .unwrap_or(least);
+    let mut ties = 0;
+    for c in list {
+        match cmp(c, &chosen) {
+            std::cmp::Ordering::Less => (chosen, ties) = (*c, 0),
+            std::cmp::Ordering::Equal if c.index != chosen.index => {
+                ties += 1;
+                if draw(ties + 1) == 0 {
+                    chosen = *c;
+                }
+            }
+            _ => {}
+        }
+    }
+    chosen
 }
