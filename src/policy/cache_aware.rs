@@ -442,9 +442,10 @@ impl CacheAwarePolicy {
         };
         let list = tables.native_of(m);
         let mut snapshot = Snapshot::new();
+        let with_work = self.shared.rules.reads_work();
         for (i, r) in list.iter().enumerate() {
             if r.is_eligible() {
-                snapshot.push(Candidate::of(i, r));
+                snapshot.push(Candidate::new(r.tenant, i, &*r.worker, with_work));
             }
         }
         let Some(d) = self.shared.decide(m, snapshot.as_mut_slice(), text) else {
@@ -567,7 +568,8 @@ fn gather<'g>(
             (Models::One(m), None) if !Arc::ptr_eq(m, &r.model) => models = Models::Several,
             _ => {}
         }
-        out.push(Candidate::with_worker(r.tenant, index, &**w));
+        // The seed API hands out no tickets, so no work is ever counted for its requests.
+        out.push(Candidate::new(r.tenant, index, &**w, false));
     }
     (models, unseen)
 }

@@ -1,6 +1,5 @@
 //! The candidates of one decision: each eligible worker's tenant id, index and load, read once.
 
-use super::models::Registered;
 use crate::constants::INLINE_WORKERS;
 use crate::tenant::TenantId;
 use crate::worker::Worker;
@@ -30,15 +29,18 @@ impl Candidate {
         decoding: 0,
     };
 
-    pub(super) fn of(index: usize, r: &Registered) -> Self {
-        Self::with_worker(r.tenant, index, &*r.worker)
-    }
-
-    /// Candidate `index`, tenant `tenant`, with `worker`'s load and work read now.
-    pub(super) fn with_worker(tenant: TenantId, index: usize, worker: &dyn Worker) -> Self {
-        let (queued_prefill, decoding) = worker
-            .work()
-            .map_or((0, 0), |w| (w.queued_prefill(), w.decoding()));
+    /// Candidate `index`, tenant `tenant`, with `worker`'s load read now, and its work too if
+    /// `with_work` (the estimated-TTFT rule reads it; the others leave it at 0).
+    pub(super) fn new(
+        tenant: TenantId,
+        index: usize,
+        worker: &dyn Worker,
+        with_work: bool,
+    ) -> Self {
+        let (queued_prefill, decoding) = match worker.work() {
+            Some(w) if with_work => (w.queued_prefill(), w.decoding()),
+            _ => (0, 0),
+        };
         Candidate {
             tenant,
             index,

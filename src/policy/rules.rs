@@ -49,6 +49,11 @@ impl Rules {
         }
     }
 
+    /// Whether the rule reads the workers' outstanding work (only the estimated-TTFT rule).
+    pub(super) fn reads_work(&self) -> bool {
+        self.selection == SelectionRule::EstimatedTtft
+    }
+
     /// The TTFT estimate's costs, which the estimated-TTFT rule's tickets fit.
     pub(super) fn ttft_model(&self) -> &Arc<TtftModel> {
         &self.ttft
