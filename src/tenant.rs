@@ -33,9 +33,6 @@ use std::sync::OnceLock;
 pub struct TenantId(u16);
 
 impl TenantId {
-    /// The first id a tree issues (a placeholder where an id is needed before one is known).
-    pub(crate) const FIRST: TenantId = TenantId(0);
-
     /// The id as an index (0-based, dense in issue order).
     pub fn index(self) -> usize {
         self.0 as usize
