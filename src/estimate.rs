@@ -96,8 +96,16 @@ impl TtftModel {
     /// its first token (what is queued ahead of it, and its own unmatched chars) on a worker
     /// decoding `decoding` requests.
     pub(crate) fn estimate_ns(&self, prefill_chars: usize, decoding: usize) -> f64 {
+        self.estimator()(prefill_chars, decoding)
+    }
+
+    /// `estimate_ns` with the costs read once: for the estimates of one decision, which would
+    /// otherwise read and fit the running means again for every comparison.
+    pub(crate) fn estimator(&self) -> impl Fn(usize, usize) -> f64 {
         let (fixed, per_char) = self.costs();
-        fixed + prefill_chars as f64 * per_char + decoding as f64 * DECODE_NS
+        move |prefill_chars, decoding| {
+            fixed + prefill_chars as f64 * per_char + decoding as f64 * DECODE_NS
+        }
     }
 
     /// A first token came `elapsed` after routing, for a request estimated with

@@ -192,8 +192,9 @@ impl Rules {
     ) -> (Candidate, bool) {
         fill_matched(list, &holders);
         let total = counts.total_chars;
+        let ns = self.ttft.estimator();
         let estimate = |c: &Candidate| {
-            self.ttft.estimate_ns(
+            ns(
                 c.queued_prefill + total.saturating_sub(c.matched),
                 c.decoding,
             )
