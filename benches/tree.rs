@@ -29,7 +29,7 @@ impl BareTree for OursTree {
         self.0.insert_for(text, self.1[tenant]).unwrap();
     }
     fn matches(&self, text: &str) -> usize {
-        self.0.match_counts(text).matched_chars
+        self.0.match_counts(text).matched
     }
 }
 

@@ -31,7 +31,10 @@ pub use policy::{
     ConfigError, LoadBalancingPolicy, MissRule, SelectionRule,
 };
 pub use tenant::TenantId;
-pub use tree::{EvictionStats, Holders, MatchCounts, MatchOutcome, Tree, TreeConfig};
+pub use tree::{
+    BlockTree, Blocks, EvictionStats, Holders, KeyUnit, KeyedTree, MatchCounts, MatchOutcome, Text,
+    TokenTree, Tokens, Tree, TreeConfig,
+};
 pub use worker::{BasicWorker, BasicWorkerBuilder, LoadTicket, WorkCounters, Worker, WorkerType};
 
 /// The README's examples, compiled and run as doctests.

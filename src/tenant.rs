@@ -1,4 +1,5 @@
-//! Tenants (worker URLs) interned to small integer ids, with their char counts.
+//! Tenants (worker URLs) interned to small integer ids, with their unit counts (chars, tokens
+//! or blocks, per the tree's key unit).
 //!
 //! Invariant: an id, once issued, names the same tenant for the life of the tree, and its entry
 //! (count, liveness, name) never moves, so hot paths index it without any lock.
@@ -10,14 +11,14 @@
 //! - Entries live in chunks of `TENANT_CHUNK`, allocated on first use and published with a CAS
 //!   on the chunk pointer (`AcqRel`, so the zeroed entries are visible to whoever loads it with
 //!   `Acquire`); a thread that loses the race frees its chunk. Chunks are freed with the registry.
-//! - `chars` is changed only right after the tree wins the tenant-slot CAS that attaches or
-//!   detaches the tenant (see `tree/tenants.rs`), by exactly that node's char count. Between the
+//! - `units` is changed only right after the tree wins the tenant-slot CAS that attaches or
+//!   detaches the tenant (see `tree/tenants.rs`), by exactly that node's unit count. Between the
 //!   CAS and the add the count may lag, and an add and a subtract from two threads may land in
 //!   either order, so the counter wraps transiently; at rest it is exact. `Relaxed` suffices: the
 //!   count publishes nothing, and readers that need it exact read it at rest.
 //! - `live` says the tenant was inserted since its last removal; a tenant is reported present
-//!   when `live` is set or it holds chars. Removal clears `live` before it walks the tree, so an
-//!   insert racing it either sets `live` again or keeps chars, and is never reported absent while
+//!   when `live` is set or it holds units. Removal clears `live` before it walks the tree, so an
+//!   insert racing it either sets `live` again or keeps units, and is never reported absent while
 //!   it holds nodes. `Relaxed`, because nothing is published through it.
 
 use crate::constants::{MAX_TENANTS, TENANT_CHUNK};
@@ -45,7 +46,7 @@ impl TenantId {
 }
 
 struct Entry {
-    chars: AtomicUsize,
+    units: AtomicUsize,
     live: AtomicBool,
     name: OnceLock<Box<str>>,
 }
@@ -125,12 +126,12 @@ impl TenantRegistry {
             .filter(|id| self.entry(*id).is_some())
     }
 
-    /// Whether the tenant is present: inserted since its last removal, or holding chars (an
+    /// Whether the tenant is present: inserted since its last removal, or holding units (an
     /// insert that raced the removal and kept some nodes).
     pub(crate) fn is_live(&self, id: TenantId) -> bool {
         self.entry(id)
             .is_some_and(|e| e.live.load(Ordering::Relaxed))
-            || self.chars(id) > 0
+            || self.units(id) > 0
     }
 
     pub(crate) fn set_live(&self, id: TenantId, live: bool) {
@@ -142,10 +143,10 @@ impl TenantRegistry {
     }
 
     /// The tenant's char count; exact at rest.
-    pub(crate) fn chars(&self, id: TenantId) -> usize {
+    pub(crate) fn units(&self, id: TenantId) -> usize {
         self.entry(id).map_or(0, |e| {
             // A transiently wrapped count (subtract landed before add) reads as 0.
-            let raw = e.chars.load(Ordering::Relaxed);
+            let raw = e.units.load(Ordering::Relaxed);
             if raw > isize::MAX as usize {
                 0
             } else {
@@ -154,15 +155,15 @@ impl TenantRegistry {
         })
     }
 
-    pub(crate) fn add_chars(&self, id: TenantId, chars: usize) {
+    pub(crate) fn add_units(&self, id: TenantId, units: usize) {
         if let Some(e) = self.entry(id) {
-            e.chars.fetch_add(chars, Ordering::Relaxed);
+            e.units.fetch_add(units, Ordering::Relaxed);
         }
     }
 
-    pub(crate) fn sub_chars(&self, id: TenantId, chars: usize) {
+    pub(crate) fn sub_units(&self, id: TenantId, units: usize) {
         if let Some(e) = self.entry(id) {
-            e.chars.fetch_sub(chars, Ordering::Relaxed);
+            e.units.fetch_sub(units, Ordering::Relaxed);
         }
     }
 
@@ -181,7 +182,7 @@ impl TenantRegistry {
             let fresh = Box::into_raw(Box::new(Chunk {
                 entries: std::array::from_fn(|_| {
                     CachePadded::new(Entry {
-                        chars: AtomicUsize::new(0),
+                        units: AtomicUsize::new(0),
                         live: AtomicBool::new(false),
                         name: OnceLock::new(),
                     })
@@ -246,10 +247,10 @@ mod tests {
     fn counts_wrap_transiently_and_read_as_zero() {
         let reg = TenantRegistry::new();
         let a = reg.intern("a").unwrap();
-        reg.sub_chars(a, 3);
-        assert_eq!(reg.chars(a), 0);
-        reg.add_chars(a, 10);
-        assert_eq!(reg.chars(a), 7);
+        reg.sub_units(a, 3);
+        assert_eq!(reg.units(a), 0);
+        reg.add_units(a, 10);
+        assert_eq!(reg.units(a), 7);
     }
 
     #[test]

@@ -197,10 +197,7 @@ fn matching_and_cache_hits_do_not_allocate() {
         tree.match_counts(&prompt);
         let n = allocations_in(|| {
             for _ in 0..100 {
-                assert_eq!(
-                    tree.match_counts(&other).matched_chars,
-                    other.chars().count()
-                );
+                assert_eq!(tree.match_counts(&other).matched, other.chars().count());
                 let out = tree.match_and_insert(&other, |_, holders| holders.iter().next());
                 assert_eq!(out.tenant, Some(w));
                 tree.match_and_insert("zzz unmatched", |_, _| None);

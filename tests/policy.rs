@@ -298,9 +298,9 @@ fn run_eviction_keeps_every_tree_under_its_budget() {
     let after = policy.metrics().tree_chars[0].1;
     // Trimmed to 63/64 of the budget (1,969), give or take the last leaf (about 60 chars).
     assert!((1_900..=1_969).contains(&after), "{after}");
-    assert_eq!(before - after, stats.chars_freed);
+    assert_eq!(before - after, stats.units_freed);
     assert!(stats.nodes_removed > 0);
-    assert_eq!(policy.metrics().evicted_chars, stats.chars_freed);
+    assert_eq!(policy.metrics().evicted_chars, stats.units_freed);
 }
 
 /// A policy with `budget` chars per tree whose evictor ticks once an hour: within a test,

@@ -33,7 +33,7 @@ fn empty_tree_answers() {
     assert_eq!(tree.prefix_match_tenant("hello", "nobody"), "");
     assert_eq!(tree.get_smallest_tenant(), "empty");
     assert!(tree.get_used_size_per_tenant().is_empty());
-    assert_eq!(tree.total_chars(), 0);
+    assert_eq!(tree.total_units(), 0);
     tree.evict_tenant_by_size(0);
     tree.remove_tenant("nobody");
 }
@@ -135,7 +135,7 @@ fn a_single_one_megabyte_text() {
     assert_eq!(tree.prefix_match_tenant(&other, "t2").len(), big.len());
     assert_eq!(tree.prefix_match_tenant(&other, "t1").len(), 500_000);
     assert_eq!(
-        tree.tenant_chars(tree.lookup_tenant("t1").unwrap()),
+        tree.tenant_units(tree.lookup_tenant("t1").unwrap()),
         1 << 20
     );
     assert_accounting(&tree);
@@ -200,7 +200,7 @@ fn eviction_keeps_each_tenant_within_its_limit_lru_first() {
     assert_eq!(tree.prefix_match_tenant("bravo-two", "b"), "");
     assert_accounting(&tree);
     tree.evict_tenant_by_size(0);
-    assert_eq!(tree.total_chars(), 0);
+    assert_eq!(tree.total_units(), 0);
     assert_eq!(tree.prefix_match("alpha-one").0, "");
     assert_accounting(&tree);
 }
@@ -216,21 +216,21 @@ fn evict_to_total_removes_the_oldest_leaves_across_tenants_first() {
     tree.insert("shared-y", "a");
     clock.set(3);
     tree.insert("other", "b");
-    assert_eq!(tree.total_chars(), 8 + 1 + 5);
+    assert_eq!(tree.total_units(), 8 + 1 + 5);
     // 13 fits once the oldest leaf ("x", tick 1) goes.
     let stats = tree.evict_to_total(13);
-    assert_eq!((stats.detached, stats.chars_freed), (1, 1));
+    assert_eq!((stats.detached, stats.units_freed), (1, 1));
     assert_eq!(tree.prefix_match_tenant("shared-x", "a"), "shared-");
     assert_eq!(tree.prefix_match_tenant("shared-y", "a"), "shared-y");
     // 5: "y" (tick 2) goes, then "shared-" is a leaf of a at tick 2, older than b's "other".
     let stats = tree.evict_to_total(5);
-    assert_eq!(stats.chars_freed, 1 + 7);
+    assert_eq!(stats.units_freed, 1 + 7);
     assert_eq!(tree.prefix_match_tenant("shared-y", "a"), "");
     assert_eq!(tree.prefix_match_tenant("other", "b"), "other");
-    assert_eq!(tree.total_chars(), 5);
+    assert_eq!(tree.total_units(), 5);
     assert_accounting(&tree);
     assert_eq!(tree.evict_to_total(0).nodes_removed, 1);
-    assert_eq!(tree.total_chars(), 0);
+    assert_eq!(tree.total_units(), 0);
     assert_accounting(&tree);
 }
 
@@ -241,8 +241,8 @@ fn native_api_matches_then_inserts_in_one_call() {
     let w2 = tree.tenant_id("w2").unwrap();
     tree.insert_for("the quick brown fox", w1).unwrap();
     let out = tree.match_and_insert("the quick red fox", |counts, holders| {
-        assert_eq!(counts.matched_chars, 10);
-        assert_eq!(counts.total_chars, 17);
+        assert_eq!(counts.matched, 10);
+        assert_eq!(counts.total, 17);
         assert_eq!(holders.iter().collect::<Vec<_>>(), vec![w1]);
         Some(w2)
     });
@@ -251,18 +251,18 @@ fn native_api_matches_then_inserts_in_one_call() {
         tree.prefix_match_tenant("the quick red fox", "w2"),
         "the quick red fox"
     );
-    assert_eq!(tree.tenant_chars(w2), 17);
-    assert_eq!(tree.match_counts("the quick red fox").matched_chars, 17);
+    assert_eq!(tree.tenant_units(w2), 17);
+    assert_eq!(tree.match_counts("the quick red fox").matched, 17);
     // Choosing nobody records nothing.
     let out = tree.match_and_insert("zzz", |_, holders| {
         assert!(holders.is_empty());
         None
     });
     assert_eq!(
-        (out.tenant, out.counts.matched_chars, out.counts.total_chars),
+        (out.tenant, out.counts.matched, out.counts.total),
         (None, 0, 3)
     );
-    assert_eq!(tree.match_counts("zzz").matched_chars, 0);
+    assert_eq!(tree.match_counts("zzz").matched, 0);
     assert_accounting(&tree);
 }
 
@@ -281,7 +281,7 @@ fn ids_from_another_tree_are_refused() {
     assert!(tree.remove_tenant_id(foreign).is_err());
     let out = tree.match_and_insert("x", |_, _| Some(foreign));
     assert_eq!(out.tenant, None);
-    assert_eq!(tree.total_chars(), 0);
+    assert_eq!(tree.total_units(), 0);
 }
 
 #[test]

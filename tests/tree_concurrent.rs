@@ -155,7 +155,7 @@ fn matches_and_inserts_race_eviction_and_removal() {
     for name in counts.keys() {
         tree.remove_tenant(name);
     }
-    assert_eq!(tree.total_chars(), 0);
+    assert_eq!(tree.total_units(), 0);
     assert!(tree.get_used_size_per_tenant().is_empty());
 }
 

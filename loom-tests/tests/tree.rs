@@ -28,7 +28,7 @@ fn tree() -> Arc<Tree> {
 fn assert_accounting(tree: &Tree) {
     let counted = tree.get_tenant_char_count();
     assert_eq!(counted, tree.get_used_size_per_tenant());
-    assert_eq!(counted.values().sum::<usize>(), tree.total_chars());
+    assert_eq!(counted.values().sum::<usize>(), tree.total_units());
 }
 
 /// Model 1: two inserts split the same edge at different points ("abcd" at 2 and at 3). Whatever
@@ -92,7 +92,7 @@ fn match_racing_a_split_sees_old_or_new() {
         let old = tree.match_counts("abcd");
         let new = tree.prefix_match("abXY").0;
         a.join().unwrap();
-        assert_eq!(old.matched_chars, 4);
+        assert_eq!(old.matched, 4);
         assert!(new == "ab" || new == "abXY", "torn match {new:?}");
         assert_eq!(tree.prefix_match("abXY").0, "abXY");
     });
@@ -112,7 +112,7 @@ fn concurrent_first_attach_counts_once() {
         };
         tree.insert_for("abc", t1).unwrap();
         a.join().unwrap();
-        assert_eq!(tree.tenant_chars(t1), 3);
+        assert_eq!(tree.tenant_units(t1), 3);
         assert_accounting(&tree);
     });
 }
@@ -147,13 +147,13 @@ fn match_racing_an_eviction_that_unlinks_its_node() {
         tree.insert("abc", "t0");
         let a = {
             let tree = tree.clone();
-            thread::spawn(move || tree.match_counts("abc").matched_chars)
+            thread::spawn(move || tree.match_counts("abc").matched)
         };
         let stats = tree.evict_to_total(0);
         let seen = a.join().unwrap();
         assert!(seen == 3 || seen == 0, "torn match: {seen} chars");
         assert_eq!(stats.nodes_removed, 1);
-        assert_eq!(tree.total_chars(), 0);
+        assert_eq!(tree.total_units(), 0);
         assert_accounting(&tree);
     });
 }
@@ -181,10 +181,10 @@ fn eviction_racing_an_insert_under_the_leaf_it_takes() {
         let kept = tree.prefix_match_tenant("abc", "t1");
         assert!(kept.is_empty() || kept == "abc", "half kept: {kept:?}");
         if kept == "abc" {
-            assert_eq!(tree.total_chars(), 3);
+            assert_eq!(tree.total_units(), 3);
         }
         tree.evict_to_total(0);
-        assert_eq!(tree.total_chars(), 0);
+        assert_eq!(tree.total_units(), 0);
         assert_accounting(&tree);
     });
 }

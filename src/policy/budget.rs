@@ -41,7 +41,7 @@ impl Budget {
     /// `tree` trimmed to the target if it is over the budget, and what that evicted (`None`
     /// if nothing).
     pub(crate) fn trim(&self, tree: &Tree) -> Option<EvictionStats> {
-        if tree.total_chars() <= self.max {
+        if tree.total_units() <= self.max {
             return None;
         }
         let stats = tree.evict_to_total(self.max - self.max / EVICTION_HEADROOM_DIVISOR);

@@ -203,7 +203,7 @@ impl Shared {
         let (mut chosen, mut hit) = (least, false);
         let mut total_chars = 0;
         model.tree.match_and_insert(text, |counts, holders| {
-            total_chars = counts.total_chars;
+            total_chars = counts.total;
             if !imbalanced {
                 (chosen, hit) = self
                     .rules
@@ -283,7 +283,7 @@ impl Shared {
             });
         match best {
             Some((r, m)) if r > self.config.cache_threshold => Some(m),
-            _ => candidates().min_by_key(|m| m.tree.total_chars()),
+            _ => candidates().min_by_key(|m| m.tree.total_units()),
         }
     }
 
@@ -308,7 +308,7 @@ impl Shared {
 
     fn record(&self, s: EvictionStats) {
         let c = &self.counters;
-        c.evicted_chars.fetch_add(s.chars_freed, Ordering::Relaxed);
+        c.evicted_chars.fetch_add(s.units_freed, Ordering::Relaxed);
         c.evicted_nodes
             .fetch_add(s.nodes_removed, Ordering::Relaxed);
         // Last, with Release: a snapshot that sees this eviction counted sees its effects.
@@ -416,7 +416,7 @@ impl CacheAwarePolicy {
         let mut total = EvictionStats::default();
         for m in models {
             let s = m.tree.evict_tenants_over(max_size);
-            total.chars_freed += s.chars_freed;
+            total.units_freed += s.units_freed;
             total.nodes_removed += s.nodes_removed;
         }
         self.shared.record(total);
@@ -503,7 +503,7 @@ impl CacheAwarePolicy {
                 in_flight: r.worker.load(),
                 routed: r.worker.processed_requests(),
                 healthy: r.worker.is_healthy(),
-                cached_chars: r.model.tree.tenant_chars(r.tenant),
+                cached_chars: r.model.tree.tenant_units(r.tenant),
                 queued_prefill_chars: r.worker.work().map_or(0, |w| w.queued_prefill()),
                 decoding: r.worker.work().map_or(0, |w| w.decoding()),
             });
@@ -520,7 +520,7 @@ impl CacheAwarePolicy {
             tree_chars: tables
                 .models
                 .iter()
-                .map(|m| (m.name.to_string(), m.tree.total_chars()))
+                .map(|m| (m.name.to_string(), m.tree.total_units()))
                 .collect(),
             workers,
         }
@@ -704,11 +704,11 @@ mod tests {
         assert_eq!((m.eviction_passes, m.evicted_chars), (1, 400), "{m:?}");
         let tree = &policy.shared.models()[0].tree;
         assert_eq!(
-            tree.match_counts(&"a".repeat(400)).matched_chars,
+            tree.match_counts(&"a".repeat(400)).matched,
             0,
             "oldest went"
         );
-        assert_eq!(tree.match_counts(&"c".repeat(400)).matched_chars, 400);
+        assert_eq!(tree.match_counts(&"c".repeat(400)).matched, 400);
     }
 
     /// With `eviction_interval_secs = 0` (the seed's "no eviction"), requests leave the tree
@@ -721,7 +721,7 @@ mod tests {
         }
         assert_eq!(policy.metrics().tree_chars[0].1, 1_200);
         let stats = policy.run_eviction();
-        assert_eq!(stats.chars_freed, 400);
+        assert_eq!(stats.units_freed, 400);
         assert_eq!(policy.metrics().tree_chars[0].1, 800);
     }
 }

@@ -139,7 +139,7 @@ impl Rules {
             // A holder of the deepest matched node holds the whole matched prefix.
             Some(b) => (
                 Candidate {
-                    matched: counts.matched_chars,
+                    matched: counts.matched,
                     ..b
                 },
                 true,
@@ -165,14 +165,9 @@ impl Rules {
         // 0.5x kept hits within 2 points of the seed rule on both traces with the best p99.)
         let queue_cost = self.mean_chars.load(Ordering::Relaxed) as usize / 2;
         fill_matched(list, &holders);
-        let key = |c: &Candidate| {
-            (
-                c.load * queue_cost + (counts.total_chars - c.matched),
-                c.load,
-            )
-        };
+        let key = |c: &Candidate| (c.load * queue_cost + (counts.total - c.matched), c.load);
         let chosen = lowest(list, least, |a, b| key(a).cmp(&key(b)), &mut draw);
-        let hit = chosen.matched as f32 > self.threshold * counts.total_chars as f32;
+        let hit = chosen.matched as f32 > self.threshold * counts.total as f32;
         (chosen, hit)
     }
 
@@ -191,7 +186,7 @@ impl Rules {
         mut draw: impl FnMut(u64) -> u64,
     ) -> (Candidate, bool) {
         fill_matched(list, &holders);
-        let total = counts.total_chars;
+        let total = counts.total;
         let ns = self.ttft.estimator();
         let estimate = |c: &Candidate| {
             ns(

@@ -1,7 +1,7 @@
 //! Copy-on-write child arrays.
 //!
-//! A node's children are an immutable array of `(first char, node)` entries sorted by first
-//! char, behind one `Atomic` pointer. Readers load the pointer (`Acquire`) and search the array
+//! A node's children are an immutable array of `(first unit, node)` entries sorted by first
+//! unit, behind one `Atomic` pointer. Readers load the pointer (`Acquire`) and search the array
 //! with no further synchronisation. Writers build a new array and CAS the pointer (`AcqRel`, so
 //! the new array and the nodes it points to are visible to any reader that loads it); the old
 //! array is retired through the epoch. A null pointer is a node with no children.
@@ -17,14 +17,15 @@ use std::mem::MaybeUninit;
 
 pub(crate) const FROZEN_CHILDREN: usize = 1;
 
-/// One edge: the first char of the child's label and the child.
+/// One edge: the first unit of the child's label (see `key.rs`) and the child. 16 bytes, as
+/// a `u32` key with its padding would be.
 #[derive(Clone, Copy)]
 pub(crate) struct Child {
-    pub(crate) first: u32,
+    pub(crate) first: u64,
     pub(crate) node: *const Node,
 }
 
-// SAFETY: a `Child` is an immutable (char, pointer) pair; the node it points to is shared only
+// SAFETY: a `Child` is an immutable (unit, pointer) pair; the node it points to is shared only
 // through the epoch protocol (`Node` is `Sync`), so moving or sharing the pair across threads is
 // sound.
 unsafe impl Send for Child {}
@@ -49,7 +50,7 @@ pub(crate) unsafe fn entries<'g>(array: Shared<'g, ChildArray>, _guard: &'g Guar
 
 /// The child whose label starts with `first`.
 #[inline]
-pub(crate) fn find(entries: &[Child], first: u32) -> Option<&Child> {
+pub(crate) fn find(entries: &[Child], first: u64) -> Option<&Child> {
     if entries.len() <= LINEAR_CHILD_SCAN {
         entries.iter().find(|c| c.first == first)
     } else {

@@ -37,6 +37,7 @@
 //! leaf is compacted (`Label::compacted`), so dead text does not outlive its node.
 
 use super::children::{self, Child};
+use super::key::KeyUnit;
 use super::node::{finish_replace, Intent, Node};
 use super::tenants::{self, Detach};
 use super::{Engine, EvictionStats};
@@ -149,12 +150,12 @@ fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
     })
 }
 
-impl Engine {
+impl<K: KeyUnit> Engine<K> {
     /// Detaches tenants from the stalest leaves until the tree holds at most `target` chars
     /// (or a round frees nothing: everything left is being replaced, or nothing is left).
     pub(crate) fn evict_to(&self, target: usize) -> EvictionStats {
         let mut stats = EvictionStats::default();
-        if self.total_chars() <= target {
+        if self.total_units() <= target {
             return stats;
         }
         let guard = epoch::pin();
@@ -175,13 +176,13 @@ impl Engine {
                         s.push_children((s.opened.len() - 1) as u32, entries, &guard);
                     }
                 }
-                while self.total_chars() > target {
+                while self.total_units() > target {
                     let Some(Reverse((key, _, i))) = s.frontier.pop() else {
                         break;
                     };
                     self.open(s, i, key, &mut stats, &guard);
                 }
-                if self.total_chars() <= target || stats == before {
+                if self.total_units() <= target || stats == before {
                     break;
                 }
             }
@@ -227,9 +228,9 @@ impl Engine {
             // Being replaced (a later round meets the successor), or gone already.
             Detach::Frozen | Detach::Absent => return,
         }
-        self.counted_detach(id, n.chars);
+        self.counted_detach(id, n.units);
         stats.detached += 1;
-        stats.chars_freed += n.chars;
+        stats.units_freed += n.units;
         match tenants::oldest(&n.slots) {
             Some((_, next)) => s.enqueue(next, i),
             None => {
@@ -255,7 +256,7 @@ impl Engine {
         // re-checks emptiness on the frozen snapshot and says what it decided.
         n.claim(Intent::Remove);
         let node = Shared::from(n as *const Node);
-        if !matches!(finish_replace(parent, node, guard), Ok(true)) {
+        if !matches!(finish_replace::<K>(parent, node, guard), Ok(true)) {
             return false;
         }
         let grandparent = s.opened[p as usize].parent;
@@ -266,7 +267,7 @@ impl Engine {
             s.enqueue(key(parent, guard), p);
         } else if parent.label.wastes() && parent.claim(Intent::Compact) {
             let grandparent = s.node(grandparent, guard);
-            let _ = finish_replace(grandparent, Shared::from(parent as *const Node), guard);
+            let _ = finish_replace::<K>(grandparent, Shared::from(parent as *const Node), guard);
         }
         true
     }

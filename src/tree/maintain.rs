@@ -11,6 +11,7 @@
 
 use super::children;
 use super::evict::is_empty_leaf;
+use super::key::KeyUnit;
 use super::node::{finish_replace, free_stranded_successor, Intent, Node};
 use super::tenants::{self, Detach};
 use super::Engine;
@@ -27,7 +28,7 @@ pub struct EvictionStats {
     /// (node, tenant) pairs detached.
     pub detached: usize,
     /// Chars those detaches freed (summed over tenants).
-    pub chars_freed: usize,
+    pub units_freed: usize,
     /// Nodes unlinked because no tenant held them any more.
     pub nodes_removed: usize,
 }
@@ -36,7 +37,7 @@ impl EvictionStats {
     /// Adds `other`'s counts to these.
     pub(crate) fn add(&mut self, other: EvictionStats) {
         self.detached += other.detached;
-        self.chars_freed += other.chars_freed;
+        self.units_freed += other.units_freed;
         self.nodes_removed += other.nodes_removed;
     }
 }
@@ -119,7 +120,7 @@ impl<'g> Walk<'g> {
     }
 
     /// Unlinks node `i` if it is an empty leaf. Returns whether it was unlinked.
-    fn unlink_if_empty(&self, i: usize) -> bool {
+    fn unlink_if_empty<K: KeyUnit>(&self, i: usize) -> bool {
         let n = self.node(i);
         if !is_empty_leaf(n, self.guard) {
             return false;
@@ -128,14 +129,14 @@ impl<'g> Walk<'g> {
         n.claim(Intent::Remove);
         let node = Shared::from(self.seen[i].node);
         matches!(
-            finish_replace(self.parent_of(i), node, self.guard),
+            finish_replace::<K>(self.parent_of(i), node, self.guard),
             Ok(true)
         )
     }
 }
 
-impl Engine {
-    pub(crate) fn total_chars(&self) -> usize {
+impl<K: KeyUnit> Engine<K> {
+    pub(crate) fn total_units(&self) -> usize {
         let raw = self.total.load(Ordering::Acquire);
         if raw > isize::MAX as usize {
             0
@@ -169,7 +170,7 @@ impl Engine {
             let over: Vec<TenantId> = self
                 .registry
                 .ids()
-                .filter(|id| self.registry.chars(*id) > max_chars)
+                .filter(|id| self.registry.units(*id) > max_chars)
                 .collect();
             if over.is_empty() {
                 break;
@@ -178,7 +179,7 @@ impl Engine {
             let walk = self.walk(&guard);
             // Empty leaves no candidate reaches (an unlink left half-way), children first.
             for i in (0..walk.len()).rev() {
-                if walk.unlink_if_empty(i) {
+                if walk.unlink_if_empty::<K>(i) {
                     stats.nodes_removed += 1;
                 }
             }
@@ -192,7 +193,7 @@ impl Engine {
                     .collect();
                 queue.sort_unstable();
                 for c in queue {
-                    if self.registry.chars(id) <= max_chars {
+                    if self.registry.units(id) <= max_chars {
                         break;
                     }
                     let (i, id) = (c.index(), c.tenant());
@@ -203,10 +204,10 @@ impl Engine {
                     {
                         continue;
                     }
-                    self.counted_detach(id, n.chars);
+                    self.counted_detach(id, n.units);
                     stats.detached += 1;
-                    stats.chars_freed += n.chars;
-                    if walk.unlink_if_empty(i) {
+                    stats.units_freed += n.units;
+                    if walk.unlink_if_empty::<K>(i) {
                         stats.nodes_removed += 1;
                     }
                 }
@@ -230,9 +231,9 @@ impl Engine {
         for i in (0..walk.len()).rev() {
             let n = walk.node(i);
             if tenants::detach(&n.slots, id, MAX_TICK) == Detach::Detached {
-                self.counted_detach(id, n.chars);
+                self.counted_detach(id, n.units);
             }
-            walk.unlink_if_empty(i);
+            walk.unlink_if_empty::<K>(i);
         }
     }
 
@@ -249,7 +250,7 @@ impl Engine {
         for i in 0..walk.len() {
             let n = walk.node(i);
             for (id, _) in tenants::live(&n.slots) {
-                *sizes.entry(id).or_insert(0) += n.chars;
+                *sizes.entry(id).or_insert(0) += n.units;
             }
         }
         sizes.into_iter().collect()
@@ -356,7 +357,7 @@ mod tests {
         let walk = tree.engine.walk(&guard);
         let find = |label: &str| {
             let i = (0..walk.len())
-                .find(|&i| walk.node(i).label.as_str() == label)
+                .find(|&i| walk.node(i).label.bytes() == label.as_bytes())
                 .unwrap();
             (walk.node(i), walk.seen[i].node)
         };
@@ -367,7 +368,7 @@ mod tests {
             .children
             .fetch_or(children::FROZEN_CHILDREN, Ordering::AcqRel, &guard);
         assert!(child.claim(Intent::Compact));
-        let stuck = finish_replace(parent, Shared::from(child_ptr), &guard);
+        let stuck = finish_replace::<crate::tree::Text>(parent, Shared::from(child_ptr), &guard);
         assert!(stuck.is_err(), "the parent is frozen");
         drop(guard);
         drop(tree);
@@ -393,25 +394,25 @@ mod tests {
                 let guard = epoch::pin();
                 let walk = engine.walk(&guard);
                 let i = (0..walk.len())
-                    .find(|&i| walk.node(i).label.as_str() == "abc")
+                    .find(|&i| walk.node(i).label.bytes() == b"abc")
                     .unwrap();
                 let n = walk.node(i);
                 assert_eq!(tenants::detach(&n.slots, t0, MAX_TICK), Detach::Detached);
-                engine.counted_detach(t0, n.chars);
+                engine.counted_detach(t0, n.units);
                 assert!(n.claim(Intent::Remove));
             }
-            assert_eq!(tree.match_counts("abc").matched_chars, 3, "still linked");
+            assert_eq!(tree.match_counts("abc").matched, 3, "still linked");
             let stats = match budget_eviction {
                 true => engine.evict_to_total(0),
                 false => engine.evict_tenants_over(0),
             };
             assert_eq!(
-                tree.match_counts("abc").matched_chars,
+                tree.match_counts("abc").matched,
                 0,
                 "unlinked ({budget_eviction})"
             );
             assert_eq!(stats.nodes_removed, 2, "the stranded node and t1's leaf");
-            assert_eq!(tree.total_chars(), 0);
+            assert_eq!(tree.total_units(), 0);
         }
     }
 }

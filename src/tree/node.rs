@@ -18,7 +18,7 @@
 //!    unlink (a successor of nothing) is not published: every thread reads the same snapshot,
 //!    so each decides it alike, and the evictor's most frequent replacement saves one CAS.
 //! 4. **Swap it in.** CAS the parent's child array for one where the entry whose node *is* this
-//!    node (by identity, never by first char) points to the successor, or is gone. The thread
+//!    node (by identity, never by first unit) points to the successor, or is gone. The thread
 //!    whose CAS succeeds retires the node and the old array through the epoch. If
 //!    the node is no longer in the parent's array, someone else finished step 4. If the parent
 //!    is itself frozen, the caller restarts from its shard root and helps the parent first.
@@ -32,7 +32,7 @@
 //! that meets a claimed node finishes the replacement itself.
 //!
 //! Tenant counts never change in a replacement: a split puts every tenant on both halves, whose
-//! chars add up to the old node's, and a copy keeps them all.
+//! units add up to the old node's, and a copy keeps them all.
 //!
 //! Ownership: the successor takes over the frozen node's child array (the pointer is moved, not
 //! copied), so retiring a replaced node frees its struct, slots and label reference but never its
@@ -44,7 +44,8 @@
 //! order after any CAS it must include.
 
 use super::children::{self, Child, ChildArray, FROZEN_CHILDREN};
-use super::label::{char_count, first_char, Label};
+use super::key::KeyUnit;
+use super::label::Label;
 use super::tenants::{self, SlotArray};
 use crate::sync::{AtomicU64, Ordering};
 use crate::tenant::TenantId;
@@ -59,8 +60,8 @@ const AT_MASK: u64 = (1 << KIND_SHIFT) - 1;
 
 pub(crate) struct Node {
     pub(crate) label: Label,
-    /// Chars in `label`.
-    pub(crate) chars: usize,
+    /// Units (chars, tokens or blocks) in `label`.
+    pub(crate) units: usize,
     state: AtomicU64,
     pub(crate) children: Atomic<ChildArray>,
     pub(crate) slots: SlotArray,
@@ -83,10 +84,10 @@ pub(crate) enum Intent {
 pub(crate) struct ParentFrozen;
 
 impl Node {
-    pub(crate) fn new(label: Label, chars: usize, slots: SlotArray) -> Self {
+    pub(crate) fn new(label: Label, units: usize, slots: SlotArray) -> Self {
         Self {
             label,
-            chars,
+            units,
             state: AtomicU64::new(LIVE),
             children: Atomic::null(),
             slots,
@@ -98,12 +99,11 @@ impl Node {
         Self::new(Label::empty(), 0, tenants::new_slots(&[], 0))
     }
 
-    /// A leaf for `text` (`chars` chars), held by `id` since `tick`.
-    pub(crate) fn leaf(text: &str, chars: usize, id: TenantId, tick: u64) -> Self {
-        debug_assert_eq!(chars, char_count(text));
+    /// A leaf for the key bytes `bytes` (`units` units), held by `id` since `tick`.
+    pub(crate) fn leaf(bytes: &[u8], units: usize, id: TenantId, tick: u64) -> Self {
         Self::new(
-            Label::new(text),
-            chars,
+            Label::new(bytes),
+            units,
             tenants::new_slots(&[(id, tick)], tenants::capacity_for(1)),
         )
     }
@@ -137,7 +137,7 @@ impl Node {
 /// it was replaced by nothing (unlinked). `Err` if `parent`'s children are frozen: restart from
 /// the shard root, which finds and helps `parent`. If this thread's swap takes `node` out, it
 /// retires what it took out through the epoch.
-pub(crate) fn finish_replace<'g>(
+pub(crate) fn finish_replace<'g, K: KeyUnit>(
     parent: &'g Node,
     node: Shared<'g, Node>,
     guard: &'g Guard,
@@ -153,7 +153,7 @@ pub(crate) fn finish_replace<'g>(
     // Step 3: agree on one successor (nothing needs no agreement: see the module note).
     let mut successor = n.successor.load(Ordering::Acquire, guard);
     if successor.is_null() {
-        let built = build_successor(n, intent, guard);
+        let built = build_successor::<K>(n, intent, guard);
         if built.is_null() {
             successor = built;
         } else {
@@ -227,7 +227,7 @@ pub(crate) fn finish_replace<'g>(
 }
 
 /// Builds the successor of a frozen node. Null for an unlinked leaf.
-fn build_successor<'g>(n: &Node, intent: Intent, guard: &'g Guard) -> Shared<'g, Node> {
+fn build_successor<'g, K: KeyUnit>(n: &Node, intent: Intent, guard: &'g Guard) -> Shared<'g, Node> {
     let kids = n.children.load(Ordering::Acquire, guard).with_tag(0);
     let live: Vec<(TenantId, u64)> = tenants::live(&n.slots).collect();
     let slots = || tenants::new_slots(&live, tenants::capacity_for(live.len()));
@@ -239,12 +239,12 @@ fn build_successor<'g>(n: &Node, intent: Intent, guard: &'g Guard) -> Shared<'g,
         Intent::Remove => Shared::null(),
         Intent::Split(at) => {
             let (upper_label, lower_label) = n.label.split_at(at);
-            let upper_chars = char_count(upper_label.as_str());
-            let lower_first = first_char(lower_label.as_str(), 0);
-            let lower = Node::new(lower_label, n.chars - upper_chars, slots());
+            let upper_units = K::count(upper_label.bytes());
+            let lower_first = K::first(lower_label.bytes(), 0);
+            let lower = Node::new(lower_label, n.units - upper_units, slots());
             lower.children.store(kids, Ordering::Relaxed);
             let lower = Owned::new(lower).into_shared(guard);
-            let upper = Node::new(upper_label, upper_chars, slots());
+            let upper = Node::new(upper_label, upper_units, slots());
             upper.children.store(
                 children::single(Child {
                     first: lower_first,
@@ -255,7 +255,7 @@ fn build_successor<'g>(n: &Node, intent: Intent, guard: &'g Guard) -> Shared<'g,
             Owned::new(upper).into_shared(guard)
         }
         Intent::Compact | Intent::Remove => {
-            let copy = Node::new(n.label.compacted(), n.chars, slots());
+            let copy = Node::new(n.label.compacted(), n.units, slots());
             copy.children.store(kids, Ordering::Relaxed);
             Owned::new(copy).into_shared(guard)
         }

@@ -1,6 +1,9 @@
 //! The two walks every request makes: a read-only descent that matches, and an insert walk that
 //! attaches the chosen tenant and adds what is missing.
 //!
+//! Both are generic over the key unit (`key.rs`): they walk bytes and ask the unit where its
+//! boundaries are and how many units a stretch holds.
+//!
 //! The descent takes no lock and writes nothing but tick refreshes: it loads child pointers
 //! (`Acquire`, pairing with the `AcqRel` CAS that published them) and compares bytes against
 //! immutable labels, so it sees each node either before or after any concurrent split, never a
@@ -14,7 +17,7 @@
 //! attaching is idempotent, so walking a prefix twice never counts it twice.
 
 use super::children::{self, Child, FROZEN_CHILDREN};
-use super::label::{char_count, common_prefix, first_char};
+use super::key::KeyUnit;
 use super::node::{finish_replace, Intent, Node};
 use super::tenants::{self, Attach};
 use super::Engine;
@@ -30,8 +33,8 @@ pub(crate) struct Step {
     pub(crate) node: *const Node,
     /// Bytes of the node's label that matched.
     pub(crate) matched: usize,
-    /// Chars of the text matched up to and including this step.
-    pub(crate) chars_through: usize,
+    /// Units of the key matched up to and including this step.
+    pub(crate) units_through: usize,
 }
 
 /// What a descent found.
@@ -44,7 +47,7 @@ pub(crate) struct Descent {
     /// Steps taken in all (may exceed `PATH_CAPACITY`).
     pub(crate) total_depth: usize,
     pub(crate) matched_bytes: usize,
-    pub(crate) matched_chars: usize,
+    pub(crate) matched_units: usize,
     /// The deepest node reached (fully or partly matched), if any.
     pub(crate) deepest: *const Node,
 }
@@ -61,7 +64,7 @@ impl Descent {
             std::ptr::addr_of_mut!((*p).depth).write(0);
             std::ptr::addr_of_mut!((*p).total_depth).write(0);
             std::ptr::addr_of_mut!((*p).matched_bytes).write(0);
-            std::ptr::addr_of_mut!((*p).matched_chars).write(0);
+            std::ptr::addr_of_mut!((*p).matched_units).write(0);
             std::ptr::addr_of_mut!((*p).deepest).write(std::ptr::null());
         }
         // SAFETY: every field but `steps` was written above, and `steps` is an array of
@@ -92,9 +95,9 @@ impl Descent {
     }
 }
 
-/// What a caller already knows about a text it asks `extend` to record: the steps of a descent
-/// of the same text, and the char count of its unmatched tail (`(byte offset, chars)`), so
-/// neither the label comparisons nor the tail's char count are done twice.
+/// What a caller already knows about a key it asks `extend` to record: the steps of a descent
+/// of the same key, and the unit count of its unmatched tail (`(byte offset, units)`), so
+/// neither the label comparisons nor the tail's count are done twice.
 #[derive(Clone, Copy, Default)]
 pub(crate) struct Hint<'a> {
     pub(crate) steps: &'a [Step],
@@ -109,9 +112,9 @@ pub(crate) enum Filter {
     HeldBy(TenantId, u64),
 }
 
-impl Engine {
-    /// Matches `text` from its shard root, without locks or allocation.
-    pub(crate) fn descend(&self, text: &str, filter: Filter, guard: &Guard) -> Descent {
+impl<K: KeyUnit> Engine<K> {
+    /// Matches the key bytes `text` from its shard root, without locks or allocation.
+    pub(crate) fn descend(&self, text: &[u8], filter: Filter, guard: &Guard) -> Descent {
         let mut d = Descent::new();
         if text.is_empty() {
             return d;
@@ -122,7 +125,7 @@ impl Engine {
             let array = node.children.load(Ordering::Acquire, guard).with_tag(0);
             // SAFETY: loaded from a child pointer under `guard`.
             let entries = unsafe { children::entries(array, guard) };
-            let Some(child) = children::find(entries, first_char(text, pos)) else {
+            let Some(child) = children::find(entries, K::first(text, pos)) else {
                 break;
             };
             // SAFETY: nodes in a loaded array stay allocated while `guard` is held.
@@ -132,17 +135,17 @@ impl Engine {
                     break;
                 }
             }
-            let k = common_prefix(next.label.as_str(), &text[pos..]);
+            let k = K::common_prefix(next.label.bytes(), &text[pos..]);
             if k == next.label.len() {
-                d.matched_chars += next.chars;
+                d.matched_units += next.units;
             } else {
-                d.matched_chars += char_count(&next.label.as_str()[..k]);
+                d.matched_units += K::count(&next.label.bytes()[..k]);
             }
             d.matched_bytes += k;
             d.push(Step {
                 node: child.node,
                 matched: k,
-                chars_through: d.matched_chars,
+                units_through: d.matched_units,
             });
             if k < next.label.len() {
                 break;
@@ -153,11 +156,12 @@ impl Engine {
         d
     }
 
-    /// Records `text` for tenant `id`: attaches it to every node on the path and adds a leaf or
-    /// splits an edge for the rest. Steps from a descent of the same text skip re-comparing.
+    /// Records the key bytes `text` for tenant `id`: attaches it to every node on the path and
+    /// adds a leaf or splits an edge for the rest. Steps from a descent of the same key skip
+    /// re-comparing.
     pub(crate) fn extend(
         &self,
-        text: &str,
+        text: &[u8],
         id: TenantId,
         tick: u64,
         hint: Hint<'_>,
@@ -177,20 +181,20 @@ impl Engine {
                 if array.tag() & FROZEN_CHILDREN != 0 {
                     // Our current node is being replaced: help, then retry from the top.
                     let parent = parent.expect("roots are never frozen");
-                    let _ = finish_replace(parent, Shared::from(node as *const Node), guard);
+                    let _ = finish_replace::<K>(parent, Shared::from(node as *const Node), guard);
                     continue 'restart;
                 }
                 // SAFETY: loaded from a child pointer under `guard`.
                 let entries = unsafe { children::entries(array, guard) };
-                let first = first_char(text, pos);
+                let first = K::first(text, pos);
                 let Some(child) = children::find(entries, first) else {
-                    let chars = match hint.tail {
-                        Some((at, chars)) if at == pos => chars,
-                        _ => char_count(&text[pos..]),
+                    let units = match hint.tail {
+                        Some((at, units)) if at == pos => units,
+                        _ => K::count(&text[pos..]),
                     };
-                    let leaf = Node::leaf(&text[pos..], chars, id, tick);
+                    let leaf = Node::leaf(&text[pos..], units, id, tick);
                     if self.add_leaf(node, array, entries, leaf, first, guard) {
-                        self.counted_attach(id, chars);
+                        self.counted_attach(id, units);
                         return;
                     }
                     continue;
@@ -200,23 +204,23 @@ impl Engine {
                 let c = unsafe { &*child.node };
                 let k = match hint.steps.get(depth) {
                     Some(step) if step.node == child.node => step.matched,
-                    _ => common_prefix(c.label.as_str(), &text[pos..]),
+                    _ => K::common_prefix(c.label.bytes(), &text[pos..]),
                 };
                 if k < c.label.len() {
                     // Diverges inside the edge: split it at `k`, then retry this node.
                     // If another intent holds it, finishing that one is what lets us retry.
                     c.claim(Intent::Split(k));
-                    if finish_replace(node, child_ptr, guard).is_err() {
+                    if finish_replace::<K>(node, child_ptr, guard).is_err() {
                         continue 'restart;
                     }
                     continue;
                 }
                 match tenants::attach(&c.slots, id, tick) {
                     Attach::Present => {}
-                    Attach::Attached => self.counted_attach(id, c.chars),
+                    Attach::Attached => self.counted_attach(id, c.units),
                     Attach::Full | Attach::Frozen => {
                         c.claim(Intent::Compact);
-                        if finish_replace(node, child_ptr, guard).is_err() {
+                        if finish_replace::<K>(node, child_ptr, guard).is_err() {
                             continue 'restart;
                         }
                         continue;
@@ -238,7 +242,7 @@ impl Engine {
         array: Shared<'_, children::ChildArray>,
         entries: &[Child],
         leaf: Node,
-        first: u32,
+        first: u64,
         guard: &Guard,
     ) -> bool {
         let leaf = Owned::new(leaf).into_shared(guard);

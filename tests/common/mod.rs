@@ -20,7 +20,7 @@ pub(crate) fn assert_accounting(tree: &Tree) {
     assert_eq!(counted, tree.get_used_size_per_tenant(), "counters vs walk");
     assert_eq!(
         counted.values().sum::<usize>(),
-        tree.total_chars(),
+        tree.total_units(),
         "total vs tenants"
     );
 }
