@@ -84,7 +84,7 @@ pub struct WorkerStats {
     pub routed: usize,
     /// Whether it is healthy.
     pub healthy: bool,
-    /// Chars its tree attributes to it.
+    /// Chars its model's text tree attributes to it.
     pub cached_chars: usize,
     /// Prompt chars of requests routed to it that have not had their first token (native API
     /// tickets; 0 for a worker that keeps no work counters).
@@ -107,11 +107,12 @@ pub struct MetricsSnapshot {
     /// Evictions that freed something: by a request that took its tree over budget, by the
     /// evictor's tick, or by `run_eviction`.
     pub eviction_passes: usize,
-    /// Chars freed by eviction (summed over tenants).
+    /// Units freed by eviction, summed over tenants: chars, plus tokens and blocks where the
+    /// token and block trees (`route_tokens`, `route_blocks`) evicted.
     pub evicted_chars: usize,
     /// Tree nodes unlinked by eviction.
     pub evicted_nodes: usize,
-    /// Chars stored per model tree.
+    /// Chars stored per model text tree.
     pub tree_chars: Vec<(String, usize)>,
     /// Per registered worker (removed workers are left out).
     pub workers: Vec<WorkerStats>,

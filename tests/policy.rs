@@ -217,6 +217,52 @@ fn each_model_routes_within_its_own_tree() {
 }
 
 #[test]
+fn token_and_block_keys_route_by_their_own_trees() {
+    let policy = CacheAwarePolicy::with_config(no_evictor());
+    let ws = workers(4, "m");
+    for w in &ws {
+        policy.register_worker(w.clone()).unwrap();
+    }
+    let system: Vec<u32> = (0..200).map(|i| i * 7 + 1_000_000).collect();
+    let first = policy.route_tokens("m", &system).unwrap();
+    assert!(!first.cache_hit());
+    assert_eq!(first.prefill_chars(), 200, "prefill counted in tokens");
+    let home = first.url().to_string();
+    drop(first);
+    for q in 0..5u32 {
+        let mut prompt = system.clone();
+        prompt.extend([q, q + 1]);
+        let t = policy.route_tokens("m", &prompt).unwrap();
+        assert_eq!(
+            (t.url(), t.cache_hit(), t.prefill_chars()),
+            (&*home, true, 2)
+        );
+    }
+    // Block hashes: a chain of 10 blocks, then the same chain extended by one.
+    let chain: Vec<u64> = (0..10).map(|i| u64::MAX - i * 0x1_0000_0001).collect();
+    let home_blocks = policy.route_blocks("m", &chain).unwrap().url().to_string();
+    let mut longer = chain.clone();
+    longer.push(42);
+    let t = policy.route_blocks("m", &longer).unwrap();
+    assert_eq!(
+        (t.url(), t.cache_hit(), t.prefill_chars()),
+        (&*home_blocks, true, 1)
+    );
+    drop(t);
+    // The text tree learned nothing; removing a worker takes it out of every tree.
+    assert_eq!(policy.metrics().tree_chars, vec![("m".to_string(), 0)]);
+    let w = ws.iter().find(|w| w.url() == home).unwrap();
+    policy.remove_worker(&**w);
+    let t = policy.route_tokens("m", &system).unwrap();
+    assert_ne!(t.url(), home);
+    assert!(!t.cache_hit());
+    assert_eq!(
+        policy.route_blocks("other", &chain).unwrap_err(),
+        RouteError::UnknownModel("other".into())
+    );
+}
+
+#[test]
 fn the_native_ticket_holds_load_until_dropped() {
     let policy = CacheAwarePolicy::with_config(no_evictor());
     let ws = workers(2, "m");

@@ -1,4 +1,5 @@
-//! The budget: each model's tree kept within `max_tree_size`, all the eviction the policy does.
+//! The budget: each model's trees kept within `max_tree_size` (in each tree's units), all the
+//! eviction the policy does.
 //!
 //! The tree evicts (`tree/evict.rs`, at a cost proportional to what it frees); this decides
 //! when and how far. A request whose insert finds its tree over the budget trims it to the
@@ -9,7 +10,7 @@
 
 use super::config::CacheAwareConfig;
 use crate::constants::EVICTION_HEADROOM_DIVISOR;
-use crate::tree::{EvictionStats, Tree};
+use crate::tree::{EvictionStats, KeyUnit, KeyedTree};
 
 /// When and how far trees are trimmed.
 #[derive(Debug, Clone, Copy)]
@@ -30,7 +31,7 @@ impl Budget {
 
     /// After a request's insert: one atomic load when `tree` is within the budget; else the
     /// tree trimmed to the target, and what that evicted.
-    pub(crate) fn after_insert(&self, tree: &Tree) -> Option<EvictionStats> {
+    pub(crate) fn after_insert<K: KeyUnit>(&self, tree: &KeyedTree<K>) -> Option<EvictionStats> {
         if self.in_requests {
             self.trim(tree)
         } else {
@@ -40,7 +41,7 @@ impl Budget {
 
     /// `tree` trimmed to the target if it is over the budget, and what that evicted (`None`
     /// if nothing).
-    pub(crate) fn trim(&self, tree: &Tree) -> Option<EvictionStats> {
+    pub(crate) fn trim<K: KeyUnit>(&self, tree: &KeyedTree<K>) -> Option<EvictionStats> {
         if tree.total_units() <= self.max {
             return None;
         }

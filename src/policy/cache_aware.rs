@@ -24,7 +24,7 @@ use crate::error::RouteError;
 use crate::evictor::{Evictor, Housekeeper};
 use crate::metrics::{Counters, MetricsSnapshot, WorkerStats};
 use crate::sync::{AtomicU64, Ordering};
-use crate::tree::EvictionStats;
+use crate::tree::{Blocks, EvictionStats, KeyUnit, KeyedTree, Text, Tokens};
 use crate::worker::{LoadTicket, Observer, Worker};
 use crossbeam_epoch as epoch;
 use std::any::Any;
@@ -171,12 +171,17 @@ struct Decision {
 }
 
 impl Shared {
-    /// The rule: over the eligible `candidates` of `model`, pick by load when imbalanced, else
-    /// by the selection rule (`rules.rs`), falling back to the miss rule; record `text` for
-    /// the pick in the same descent.
+    /// The rule: over the eligible `candidates`, pick by load when imbalanced, else by the
+    /// selection rule (`rules.rs`), falling back to the miss rule; record `key` for the pick in
+    /// `tree` in the same descent.
     ///
     /// Each candidate's load was read once, into `list`.
-    fn decide(&self, model: &ModelState, list: &mut [Candidate], text: &str) -> Option<Decision> {
+    fn decide<K: KeyUnit>(
+        &self,
+        tree: &KeyedTree<K>,
+        list: &mut [Candidate],
+        key: &K::Key,
+    ) -> Option<Decision> {
         let (mut min, mut max, mut ties) = (usize::MAX, 0, 0u64);
         let mut first_least = None;
         for c in list.iter() {
@@ -202,7 +207,7 @@ impl Shared {
         let imbalanced = self.config.is_imbalanced(max, min);
         let (mut chosen, mut hit) = (least, false);
         let mut total_chars = 0;
-        model.tree.match_and_insert(text, |counts, holders| {
+        tree.match_and_insert(key, |counts, holders| {
             total_chars = counts.total;
             if !imbalanced {
                 (chosen, hit) = self
@@ -220,7 +225,7 @@ impl Shared {
         } else {
             c.cache_misses.add(1);
         }
-        if let Some(stats) = self.budget.after_insert(&model.tree) {
+        if let Some(stats) = self.budget.after_insert(tree) {
             self.record(stats);
         }
         Some(Decision {
@@ -237,7 +242,7 @@ impl Shared {
             for w in workers {
                 if t.find(w).is_none() {
                     let model = t.model_or_insert(tree_key(w.model_id()));
-                    if let Ok(tenant) = model.tree.tenant_id(w.url()) {
+                    if let Ok(tenant) = model.intern(w.url()) {
                         t.insert(Registered {
                             worker: w.clone(),
                             model,
@@ -253,7 +258,7 @@ impl Shared {
     fn register(&self, worker: &Arc<dyn Worker>) -> Result<(), crate::TreeError> {
         self.tables.update(|t| {
             let model = t.model_or_insert(tree_key(worker.model_id()));
-            let tenant = model.tree.tenant_id(worker.url())?;
+            let tenant = model.intern(worker.url())?;
             model.set_removed(tenant, false);
             let entry = Registered {
                 worker: worker.clone(),
@@ -297,7 +302,12 @@ impl Shared {
     fn evict_all(&self) -> EvictionStats {
         let mut total = EvictionStats::default();
         for m in self.models() {
-            if let Some(stats) = self.budget.trim(&m.tree) {
+            let trims = [
+                self.budget.trim(&m.tree),
+                self.budget.trim(&m.tokens),
+                self.budget.trim(&m.blocks),
+            ];
+            for stats in trims.into_iter().flatten() {
                 self.record(stats);
                 total.add(stats);
             }
@@ -371,7 +381,7 @@ impl CacheAwarePolicy {
     pub fn add_worker_by_url(&self, url: &str, model_id: &str) {
         self.shared.tables.update(|t| {
             let model = t.model_or_insert(tree_key(model_id));
-            if let Ok(tenant) = model.tree.tenant_id(url) {
+            if let Ok(tenant) = model.intern(url) {
                 model.set_removed(tenant, false);
             }
         });
@@ -399,7 +409,7 @@ impl CacheAwarePolicy {
             for m in models {
                 if let Some(tenant) = m.tree.lookup_tenant(url) {
                     m.set_removed(tenant, true);
-                    let _ = m.tree.remove_tenant_id(tenant);
+                    m.remove_tenant(tenant);
                     t.forget(url, Some(&m));
                 }
             }
@@ -415,9 +425,9 @@ impl CacheAwarePolicy {
         };
         let mut total = EvictionStats::default();
         for m in models {
-            let s = m.tree.evict_tenants_over(max_size);
-            total.units_freed += s.units_freed;
-            total.nodes_removed += s.nodes_removed;
+            total.add(m.tree.evict_tenants_over(max_size));
+            total.add(m.tokens.evict_tenants_over(max_size));
+            total.add(m.blocks.evict_tenants_over(max_size));
         }
         self.shared.record(total);
     }
@@ -434,11 +444,36 @@ impl CacheAwarePolicy {
     /// among the registered workers: one lock-free descent, no allocation. The ticket holds one
     /// unit of the worker's load until it is dropped.
     pub fn route(&self, model: &str, text: &str) -> Result<LoadTicket, RouteError> {
-        let key = tree_key(model);
+        self.route_keyed::<Text>(model, text, |m| &m.tree)
+    }
+
+    /// [`CacheAwarePolicy::route`] for a prompt already tokenized: matched and recorded in the
+    /// model's token tree, sizes and prefill estimates in tokens.
+    ///
+    /// Each key unit has its own tree per model, so route a model's requests by one kind of key;
+    /// `max_tree_size` bounds each tree in its own units, and the estimated-TTFT rule fits its
+    /// per-unit prefill cost to whatever units it is fed.
+    pub fn route_tokens(&self, model: &str, tokens: &[u32]) -> Result<LoadTicket, RouteError> {
+        self.route_keyed::<Tokens>(model, tokens, |m| &m.tokens)
+    }
+
+    /// [`CacheAwarePolicy::route`] for a prompt given as its chained KV-block hashes (see
+    /// [`CacheAwarePolicy::route_tokens`] on units): one unit per block.
+    pub fn route_blocks(&self, model: &str, blocks: &[u64]) -> Result<LoadTicket, RouteError> {
+        self.route_keyed::<Blocks>(model, blocks, |m| &m.blocks)
+    }
+
+    fn route_keyed<K: KeyUnit>(
+        &self,
+        model: &str,
+        key: &K::Key,
+        tree: impl Fn(&ModelState) -> &KeyedTree<K>,
+    ) -> Result<LoadTicket, RouteError> {
+        let name = tree_key(model);
         let guard = epoch::pin();
         let tables = self.shared.tables.load(&guard);
-        let Some(m) = tables.model(key) else {
-            return Err(RouteError::UnknownModel(key.to_string()));
+        let Some(m) = tables.model(name) else {
+            return Err(RouteError::UnknownModel(name.to_string()));
         };
         let list = tables.native_of(m);
         let mut snapshot = Snapshot::new();
@@ -448,9 +483,9 @@ impl CacheAwarePolicy {
                 snapshot.push(Candidate::new(r.tenant, i, &*r.worker, with_work));
             }
         }
-        let Some(d) = self.shared.decide(m, snapshot.as_mut_slice(), text) else {
+        let Some(d) = self.shared.decide(tree(m), snapshot.as_mut_slice(), key) else {
             self.shared.counters.no_worker.add(1);
-            return Err(RouteError::NoHealthyWorker(key.to_string()));
+            return Err(RouteError::NoHealthyWorker(name.to_string()));
         };
         let worker = &list[d.index].worker;
         worker.increment_processed();
@@ -620,7 +655,9 @@ impl LoadBalancingPolicy for CacheAwarePolicy {
             shared.counters.no_worker.add(1);
             return None;
         };
-        let index = shared.decide(model, snapshot.as_mut_slice(), text)?.index;
+        let index = shared
+            .decide(&model.tree, snapshot.as_mut_slice(), text)?
+            .index;
         workers[index].increment_processed();
         Some(index)
     }
@@ -650,7 +687,11 @@ impl Drop for CacheAwarePolicy {
             // SAFETY: `&mut self` is the only handle on the policy and the evictor is joined, so
             // no thread is inside these trees or can enter them; nothing the policy hands out
             // (tickets, snapshots) refers to a tree.
-            unsafe { model.tree.free_nodes_now() };
+            unsafe {
+                model.tree.free_nodes_now();
+                model.tokens.free_nodes_now();
+                model.blocks.free_nodes_now();
+            }
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Per-model routing state: the tree, the registered workers and the removed set, plus the
+//! Per-model routing state: the trees (one per key unit, sharing tenant ids), the registered
+//! workers and the removed set, plus the
 //! table that maps a caller's `Arc<dyn Worker>` to its model and tenant id without comparing
 //! URLs.
 //!
@@ -7,9 +8,10 @@
 //! a caller keeps passing it to `select_worker`.
 
 use crate::constants::MAX_TENANTS;
+use crate::error::TreeError;
 use crate::sync::{AtomicU64, Ordering};
 use crate::tenant::TenantId;
-use crate::tree::Tree;
+use crate::tree::{BlockTree, TokenTree, Tree};
 use crate::worker::Worker;
 use std::fmt;
 use std::sync::Arc;
@@ -25,7 +27,12 @@ pub(crate) fn tree_key(model_id: &str) -> &str {
 
 pub(crate) struct ModelState {
     pub(crate) name: Box<str>,
+    /// Texts routed with `route` (and the seed API).
     pub(crate) tree: Tree,
+    /// Token ids routed with `route_tokens`.
+    pub(crate) tokens: TokenTree,
+    /// Block hashes routed with `route_blocks`.
+    pub(crate) blocks: BlockTree,
     removed: Box<[AtomicU64]>,
 }
 
@@ -34,10 +41,28 @@ impl ModelState {
         Self {
             name: name.into(),
             tree: Tree::new(),
+            tokens: TokenTree::new(),
+            blocks: BlockTree::new(),
             removed: (0..MAX_TENANTS.div_ceil(64))
                 .map(|_| AtomicU64::new(0))
                 .collect(),
         }
+    }
+
+    /// The id of `url` in all three trees. Ids are issued in interning order, and every intern
+    /// goes through here under the tables' writer lock, so the trees issue the same id.
+    pub(crate) fn intern(&self, url: &str) -> Result<TenantId, TreeError> {
+        let id = self.tree.tenant_id(url)?;
+        let same = self.tokens.tenant_id(url)? == id && self.blocks.tenant_id(url)? == id;
+        assert!(same, "tenant ids diverged between a model's trees");
+        Ok(id)
+    }
+
+    /// Removes tenant `id` from all three trees.
+    pub(crate) fn remove_tenant(&self, id: TenantId) {
+        let _ = self.tree.remove_tenant_id(id);
+        let _ = self.tokens.remove_tenant_id(id);
+        let _ = self.blocks.remove_tenant_id(id);
     }
 
     pub(crate) fn is_removed(&self, id: TenantId) -> bool {
@@ -60,6 +85,8 @@ impl fmt::Debug for ModelState {
         f.debug_struct("ModelState")
             .field("name", &self.name)
             .field("tree", &self.tree)
+            .field("tokens", &self.tokens)
+            .field("blocks", &self.blocks)
             .finish()
     }
 }
