@@ -62,3 +62,43 @@ impl fmt::Display for RouteError {
 }
 
 impl std::error::Error for RouteError {}
+
+/// Why a [`crate::KvIndex`] could not be built or refused an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IndexError {
+    /// `KvIndexConfig::max_workers` was not in `1..=256`.
+    InvalidMaxWorkers(usize),
+    /// `KvIndexConfig::shards` was not a power of two in `1..=4096`.
+    InvalidShards(usize),
+    /// A worker number at or past the index's `max_workers`.
+    WorkerOutOfRange {
+        /// The worker number given.
+        worker: usize,
+        /// The index's capacity.
+        max_workers: usize,
+    },
+}
+
+impl fmt::Display for IndexError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IndexError::InvalidMaxWorkers(n) => write!(
+                f,
+                "invalid worker count {n}: KvIndexConfig::max_workers must be between 1 and 256"
+            ),
+            IndexError::InvalidShards(n) => write!(
+                f,
+                "invalid shard count {n}: KvIndexConfig::shards must be a power of two between 1 and 4096"
+            ),
+            IndexError::WorkerOutOfRange {
+                worker,
+                max_workers,
+            } => write!(
+                f,
+                "worker {worker} is out of range: this index tracks workers 0..{max_workers}; build it with a larger KvIndexConfig::max_workers"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for IndexError {}

@@ -16,6 +16,7 @@ mod cow;
 mod error;
 mod estimate;
 mod evictor;
+mod index;
 mod metrics;
 mod policy;
 mod sync;
@@ -24,7 +25,10 @@ mod tree;
 mod worker;
 
 pub use clock::{Clock, ManualClock};
-pub use error::{RouteError, TreeError};
+pub use error::{IndexError, RouteError, TreeError};
+pub use index::{
+    fold_hash, fold_hash_int, KvEvent, KvIndex, KvIndexConfig, KvIndexStats, MAX_INDEX_WORKERS,
+};
 pub use metrics::{MetricsSnapshot, WorkerStats};
 pub use policy::{
     get_healthy_worker_indices, CacheAwareConfig, CacheAwarePolicy, CacheAwarePolicyBuilder,

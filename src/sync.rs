@@ -9,7 +9,7 @@
 #[cfg(not(router_loom))]
 pub(crate) use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 #[cfg(not(router_loom))]
-pub(crate) use std::sync::Arc;
+pub(crate) use std::sync::{Arc, Mutex};
 #[cfg(not(router_loom))]
 pub(crate) use std::thread;
 
