@@ -114,20 +114,26 @@ fn synthetic_trace(n: usize) -> Vec<Vec<u64>> {
     out
 }
 
-/// `mooncake`: `../shared/traces/mooncake_synthetic_trace.jsonl` as text, each hash id a fixed
-/// pseudo-random block of `block_chars` chars (2,048 is the real scale of a 512-token block);
-/// the synthetic trace of the same shape when the file is absent. Returns the texts and the
-/// number of distinct blocks (so distinct stored chars = blocks x block_chars).
-pub(crate) fn mooncake(block_chars: usize) -> (Vec<String>, usize, &'static str) {
+/// The hash ids of each request of `../shared/traces/mooncake_synthetic_trace.jsonl` (the
+/// synthetic trace of the same shape when the file is absent), and where they came from.
+pub(crate) fn mooncake_ids() -> (Vec<Vec<u64>>, &'static str) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../shared/traces/mooncake_synthetic_trace.jsonl");
-    let (trace, source) = match read_trace(&path) {
+    match read_trace(&path) {
         Some(t) => (t, "shared/traces/mooncake_synthetic_trace.jsonl"),
         None => (
             synthetic_trace(4000),
             "built-in synthetic trace (shared trace absent)",
         ),
-    };
+    }
+}
+
+/// `mooncake`: `../shared/traces/mooncake_synthetic_trace.jsonl` as text, each hash id a fixed
+/// pseudo-random block of `block_chars` chars (2,048 is the real scale of a 512-token block);
+/// the synthetic trace of the same shape when the file is absent. Returns the texts and the
+/// number of distinct blocks (so distinct stored chars = blocks x block_chars).
+pub(crate) fn mooncake(block_chars: usize) -> (Vec<String>, usize, &'static str) {
+    let (trace, source) = mooncake_ids();
     let mut blocks = std::collections::HashMap::new();
     let texts = trace
         .iter()

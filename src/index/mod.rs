@@ -285,6 +285,9 @@ impl KvIndex {
     /// of `blocks` it holds (Dynamo's overlap scores), in no particular order. Takes no lock
     /// and allocates nothing; stops at the first block no remaining worker holds.
     pub fn overlaps(&self, blocks: &[u64], mut f: impl FnMut(usize, usize)) {
+        if self.words == 1 {
+            return self.overlaps_one_word(blocks, f);
+        }
         const MAX_WORDS: usize = MAX_INDEX_WORKERS / 64;
         let words = self.words;
         let mut running = [0u64; MAX_WORDS];
@@ -321,6 +324,33 @@ impl KvIndex {
         for (w, &word) in running.iter().enumerate().take(words) {
             report(w, word, blocks.len(), &mut f);
         }
+    }
+
+    /// `overlaps` for up to 64 workers: one mask word per block.
+    fn overlaps_one_word(&self, blocks: &[u64], mut f: impl FnMut(usize, usize)) {
+        let mut running = if self.max_workers == 64 {
+            u64::MAX
+        } else {
+            (1 << self.max_workers) - 1
+        };
+        let guard = epoch::pin();
+        for (depth, &block) in blocks.iter().enumerate() {
+            let (shard, key, hash) = self.locate(block);
+            let mask = shard
+                .read(key, hash, self.shard_bits, &guard, |masks| {
+                    masks[0].load(Ordering::Relaxed)
+                })
+                .unwrap_or(0);
+            let now = running & mask;
+            if now != running {
+                report(0, running & !now, depth, &mut f);
+                if now == 0 {
+                    return;
+                }
+                running = now;
+            }
+        }
+        report(0, running, blocks.len(), &mut f);
     }
 
     /// What the index has applied and holds now.

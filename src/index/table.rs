@@ -247,8 +247,9 @@ impl Shard {
         unsafe { self.table.load(Ordering::Acquire, guard).deref() }
     }
 
-    /// Replaces the table with one sized for `live` entries (at most 3/8 full, so a rebuild
-    /// is followed by at least as many inserts as it copied), keeping the live entries only.
+    /// Replaces the table with one sized for `live` entries (at most half full, so a rebuild
+    /// is followed by at least half as many inserts as it copied), keeping the live entries
+    /// only.
     /// Call with the writer lock held (`counts` is its state).
     fn rebuild<'g>(
         &self,
@@ -258,7 +259,7 @@ impl Shard {
         guard: &'g Guard,
     ) -> &'g Table {
         let old = self.current(guard);
-        let slots = (live * 8 / 3 + 1).next_power_of_two().max(MIN_SLOTS);
+        let slots = (live * 2 + 1).next_power_of_two().max(MIN_SLOTS);
         let new = Owned::new(Table::new(slots, self.words)).into_shared(guard);
         // Test-only broken variant (loom must catch it): publish the table before filling it.
         #[cfg(router_loom_broken_rebuild)]
