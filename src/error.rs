@@ -63,13 +63,22 @@ impl fmt::Display for RouteError {
 
 impl std::error::Error for RouteError {}
 
-/// Why a [`crate::KvIndex`] could not be built or refused an event.
+/// Why a [`crate::KvIndex`] could not be built, or an event was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IndexError {
     /// `KvIndexConfig::max_workers` was not in `1..=256`.
     InvalidMaxWorkers(usize),
     /// `KvIndexConfig::shards` was not a power of two in `1..=4096`.
     InvalidShards(usize),
+    /// An event for a model no worker was registered for.
+    UnknownModel(String),
+    /// An event from a worker not registered for its model.
+    UnknownWorker {
+        /// The model.
+        model: String,
+        /// The worker's URL.
+        url: String,
+    },
     /// A worker number at or past the index's `max_workers`.
     WorkerOutOfRange {
         /// The worker number given.
@@ -90,12 +99,20 @@ impl fmt::Display for IndexError {
                 f,
                 "invalid shard count {n}: KvIndexConfig::shards must be a power of two between 1 and 4096"
             ),
+            IndexError::UnknownModel(m) => write!(
+                f,
+                "KV event for model {m:?}, which has no registered worker: register the worker before subscribing to its events"
+            ),
+            IndexError::UnknownWorker { model, url } => write!(
+                f,
+                "KV event from {url:?}, which is not registered for model {model:?}: register it (same URL and model) before subscribing to its events"
+            ),
             IndexError::WorkerOutOfRange {
                 worker,
                 max_workers,
             } => write!(
                 f,
-                "worker {worker} is out of range: this index tracks workers 0..{max_workers}; build it with a larger KvIndexConfig::max_workers"
+                "worker {worker} is out of range: this index tracks workers 0..{max_workers}; build it with a larger KvIndexConfig::max_workers (CacheAwarePolicyBuilder::index_workers)"
             ),
         }
     }

@@ -32,7 +32,7 @@ pub use index::{
 pub use metrics::{MetricsSnapshot, WorkerStats};
 pub use policy::{
     get_healthy_worker_indices, CacheAwareConfig, CacheAwarePolicy, CacheAwarePolicyBuilder,
-    ConfigError, LoadBalancingPolicy, MissRule, SelectionRule,
+    ConfigError, LoadBalancingPolicy, MissRule, RoutingMode, SelectionRule,
 };
 pub use tenant::TenantId;
 pub use tree::{

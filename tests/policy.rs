@@ -1,8 +1,8 @@
 //! The cache-aware policy's rules, its native API, the evictor, and bad input.
 
 use cache_aware_router::{
-    BasicWorkerBuilder, CacheAwareConfig, CacheAwarePolicy, ConfigError, LoadBalancingPolicy,
-    MissRule, RouteError, SelectionRule, Worker,
+    BasicWorkerBuilder, CacheAwareConfig, CacheAwarePolicy, ConfigError, IndexError, KvEvent,
+    LoadBalancingPolicy, MissRule, RouteError, RoutingMode, SelectionRule, Worker,
 };
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -260,6 +260,124 @@ fn token_and_block_keys_route_by_their_own_trees() {
         policy.route_blocks("other", &chain).unwrap_err(),
         RouteError::UnknownModel("other".into())
     );
+}
+
+fn moded(mode: RoutingMode, window: Duration) -> (CacheAwarePolicy, Vec<Arc<dyn Worker>>) {
+    let policy = CacheAwarePolicy::builder()
+        .config(no_evictor())
+        .selection(SelectionRule::Threshold)
+        .mode(mode)
+        .hybrid_window(window)
+        .build()
+        .unwrap();
+    let ws = workers(3, "m");
+    for w in &ws {
+        policy.register_worker(w.clone()).unwrap();
+    }
+    (policy, ws)
+}
+
+fn stored(blocks: &[u64]) -> KvEvent {
+    KvEvent::Stored {
+        parent: None,
+        blocks: blocks.to_vec(),
+    }
+}
+
+#[test]
+fn precise_mode_routes_by_what_the_events_say() {
+    let (policy, ws) = moded(RoutingMode::Precise, Duration::from_secs(2));
+    let (w1, w2) = (ws[1].url(), ws[2].url());
+    policy.apply_kv_event("m", w1, &stored(&[1, 2, 3])).unwrap();
+    policy.apply_kv_event("m", w2, &stored(&[1])).unwrap();
+    let t = policy.route_blocks("m", &[1, 2, 3, 4]).unwrap();
+    assert_eq!((t.url(), t.cache_hit(), t.prefill_chars()), (w1, true, 1));
+    drop(t);
+    // The engine evicted the tail: only the first block is left anywhere, a quarter of the
+    // request, under the 0.5 threshold.
+    let removed = KvEvent::Removed { blocks: vec![2, 3] };
+    policy.apply_kv_event("m", w1, &removed).unwrap();
+    assert!(!policy.route_blocks("m", &[1, 2, 3, 4]).unwrap().cache_hit());
+    // Precise routing records nothing of its own: without events, the same blocks miss again.
+    for _ in 0..2 {
+        assert!(!policy.route_blocks("m", &[7, 8, 9]).unwrap().cache_hit());
+    }
+    // A cleared worker holds nothing.
+    policy.apply_kv_event("m", w1, &KvEvent::Cleared).unwrap();
+    policy.apply_kv_event("m", w2, &KvEvent::Cleared).unwrap();
+    assert!(!policy.route_blocks("m", &[1]).unwrap().cache_hit());
+}
+
+#[test]
+fn hybrid_mode_predicts_on_route_until_the_window_passes() {
+    let (policy, ws) = moded(RoutingMode::Hybrid, Duration::ZERO);
+    // No events yet from anyone: the record counts as in approximate routing.
+    let home = policy
+        .route_blocks("m", &[5, 6, 7])
+        .unwrap()
+        .url()
+        .to_string();
+    let t = policy.route_blocks("m", &[5, 6, 7, 8]).unwrap();
+    assert_eq!((t.url(), t.cache_hit()), (&*home, true));
+    drop(t);
+    // Once the worker publishes events, a record older than the (zero) window no longer
+    // counts: its events speak for it, and they never stored these blocks.
+    policy.apply_kv_event("m", &home, &stored(&[100])).unwrap();
+    std::thread::sleep(Duration::from_millis(5));
+    assert!(!policy.route_blocks("m", &[5, 6, 7, 8]).unwrap().cache_hit());
+    // Its events count, record or not.
+    policy
+        .apply_kv_event("m", &home, &stored(&[50, 51]))
+        .unwrap();
+    let t = policy.route_blocks("m", &[50, 51, 52]).unwrap();
+    assert_eq!((t.url(), t.cache_hit()), (&*home, true));
+    drop(t);
+    // Within a window, the record covers what the events have not reported yet.
+    let (policy, _) = moded(RoutingMode::Hybrid, Duration::from_secs(60));
+    policy
+        .apply_kv_event("m", ws[0].url(), &stored(&[1]))
+        .unwrap();
+    policy
+        .apply_kv_event("m", ws[1].url(), &stored(&[1]))
+        .unwrap();
+    policy
+        .apply_kv_event("m", ws[2].url(), &stored(&[1]))
+        .unwrap();
+    let first = policy
+        .route_blocks("m", &[20, 21])
+        .unwrap()
+        .url()
+        .to_string();
+    let t = policy.route_blocks("m", &[20, 21, 22]).unwrap();
+    assert_eq!((t.url(), t.cache_hit()), (&*first, true));
+}
+
+#[test]
+fn kv_events_for_unknown_models_or_workers_are_errors() {
+    let policy = CacheAwarePolicy::builder()
+        .config(no_evictor())
+        .index_workers(1)
+        .build()
+        .unwrap();
+    let ws = workers(2, "m");
+    for w in &ws {
+        policy.register_worker(w.clone()).unwrap();
+    }
+    let e = stored(&[1]);
+    assert_eq!(
+        policy.apply_kv_event("other", ws[0].url(), &e),
+        Err(IndexError::UnknownModel("other".into()))
+    );
+    let err = policy.apply_kv_event("m", "http://nobody", &e).unwrap_err();
+    assert!(err.to_string().contains("register it"), "{err}");
+    policy.apply_kv_event("m", ws[0].url(), &e).unwrap();
+    let err = policy.apply_kv_event("m", ws[1].url(), &e).unwrap_err();
+    assert!(err.to_string().contains("index_workers"), "{err}");
+    let bad = CacheAwarePolicy::builder()
+        .index_workers(0)
+        .build()
+        .unwrap_err();
+    assert_eq!(bad, ConfigError::IndexWorkers(0));
 }
 
 #[test]

@@ -15,16 +15,18 @@
 
 use super::budget::Budget;
 use super::candidates::{Candidate, Snapshot};
-use super::config::{CacheAwareConfig, ConfigError, MissRule, SelectionRule};
+use super::config::{CacheAwareConfig, ConfigError, MissRule, RoutingMode, SelectionRule};
 use super::models::{tree_key, ModelState, Registered, Tables};
-use super::rules::{Estimate, Rules};
+use super::rules::{fill_one, Estimate, Filled, Rules};
 use super::LoadBalancingPolicy;
 use crate::cow::CowCell;
-use crate::error::RouteError;
+use crate::error::{IndexError, RouteError};
 use crate::evictor::{Evictor, Housekeeper};
+use crate::index::{KvEvent, MAX_INDEX_WORKERS};
 use crate::metrics::{Counters, MetricsSnapshot, WorkerStats};
 use crate::sync::{AtomicU64, Ordering};
-use crate::tree::{Blocks, EvictionStats, KeyUnit, KeyedTree, Text, Tokens};
+use crate::tenant::TenantId;
+use crate::tree::{Blocks, EvictionStats, KeyUnit, KeyedTree, MatchCounts, Text, Tokens};
 use crate::worker::{LoadTicket, Observer, Worker};
 use crossbeam_epoch as epoch;
 use std::any::Any;
@@ -44,12 +46,29 @@ pub struct CacheAwarePolicy {
 }
 
 /// Builds a [`CacheAwarePolicy`] with options beyond the seed's config.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct CacheAwarePolicyBuilder {
     config: CacheAwareConfig,
     miss_rule: MissRule,
     selection: SelectionRule,
     tie_seed: Option<u64>,
+    mode: RoutingMode,
+    hybrid_window: Duration,
+    index_workers: usize,
+}
+
+impl Default for CacheAwarePolicyBuilder {
+    fn default() -> Self {
+        Self {
+            config: CacheAwareConfig::default(),
+            miss_rule: MissRule::default(),
+            selection: SelectionRule::default(),
+            tie_seed: None,
+            mode: RoutingMode::default(),
+            hybrid_window: Duration::from_secs(2),
+            index_workers: 64,
+        }
+    }
 }
 
 impl CacheAwarePolicyBuilder {
@@ -81,9 +100,32 @@ impl CacheAwarePolicyBuilder {
         self
     }
 
+    /// What `route_blocks` matches against (default: [`RoutingMode::Approximate`]).
+    pub fn mode(mut self, mode: RoutingMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// How long a decision counts, in hybrid mode, for a worker that publishes KV events
+    /// (default 2 s: a prefill's time to store its blocks and the event's trip, with room).
+    /// Resolution: the trees' clock (milliseconds by default).
+    pub fn hybrid_window(mut self, window: Duration) -> Self {
+        self.hybrid_window = window;
+        self
+    }
+
+    /// Workers per model the KV event index tracks, by tenant id (`1..=256`, default 64).
+    pub fn index_workers(mut self, workers: usize) -> Self {
+        self.index_workers = workers;
+        self
+    }
+
     /// The policy; fails on an invalid config or if the evictor thread cannot start.
     pub fn build(self) -> Result<CacheAwarePolicy, ConfigError> {
         self.config.validate()?;
+        if self.index_workers == 0 || self.index_workers > MAX_INDEX_WORKERS {
+            return Err(ConfigError::IndexWorkers(self.index_workers));
+        }
         let interval = self.config.eviction_interval_secs;
         let budget = Budget::new(&self.config);
         let rules = Rules::new(self.selection, self.config.cache_threshold);
@@ -97,6 +139,9 @@ impl CacheAwarePolicyBuilder {
             tables: CowCell::new(Tables::default()),
             counters: Counters::new(),
             budget,
+            mode: self.mode,
+            hybrid_window_ms: self.hybrid_window.as_millis() as u64,
+            index_workers: self.index_workers,
         });
         let evictor = if interval > 0 {
             let target: Arc<dyn Housekeeper> = shared.clone();
@@ -120,6 +165,9 @@ struct Shared {
     tables: CowCell<Tables>,
     counters: Counters,
     budget: Budget,
+    mode: RoutingMode,
+    hybrid_window_ms: u64,
+    index_workers: usize,
 }
 
 thread_local! {
@@ -171,17 +219,9 @@ struct Decision {
 }
 
 impl Shared {
-    /// The rule: over the eligible `candidates`, pick by load when imbalanced, else by the
-    /// selection rule (`rules.rs`), falling back to the miss rule; record `key` for the pick in
-    /// `tree` in the same descent.
-    ///
-    /// Each candidate's load was read once, into `list`.
-    fn decide<K: KeyUnit>(
-        &self,
-        tree: &KeyedTree<K>,
-        list: &mut [Candidate],
-        key: &K::Key,
-    ) -> Option<Decision> {
+    /// The miss rule's pick among `list` (every eligible worker, its load read once), and
+    /// whether the loads are imbalanced (`None` for an empty list).
+    fn least(&self, list: &[Candidate]) -> Option<(Candidate, bool)> {
         let (mut min, mut max, mut ties) = (usize::MAX, 0, 0u64);
         let mut first_least = None;
         for c in list.iter() {
@@ -204,11 +244,25 @@ impl Shared {
             }
             MissRule::SmallestTree => first_least?,
         };
-        let imbalanced = self.config.is_imbalanced(max, min);
+        Some((least, self.config.is_imbalanced(max, min)))
+    }
+
+    /// The rule: over the eligible `candidates`, pick by load when imbalanced, else by the
+    /// selection rule (`rules.rs`), falling back to the miss rule; record `key` for the pick in
+    /// `tree` in the same descent.
+    ///
+    /// Each candidate's load was read once, into `list`.
+    fn decide<K: KeyUnit>(
+        &self,
+        tree: &KeyedTree<K>,
+        list: &mut [Candidate],
+        key: &K::Key,
+    ) -> Option<Decision> {
+        let (least, imbalanced) = self.least(list)?;
         let (mut chosen, mut hit) = (least, false);
-        let mut total_chars = 0;
+        let mut total = 0;
         tree.match_and_insert(key, |counts, holders| {
-            total_chars = counts.total;
+            total = counts.total;
             if !imbalanced {
                 (chosen, hit) = self
                     .rules
@@ -216,7 +270,65 @@ impl Shared {
             }
             Some(chosen.tenant)
         });
-        self.rules.observe(total_chars);
+        if let Some(stats) = self.budget.after_insert(tree) {
+            self.record(stats);
+        }
+        Some(self.decided(chosen, hit, imbalanced, total))
+    }
+
+    /// The rule for block hashes in precise and hybrid mode: each candidate's match is its
+    /// overlap in the KV event index, or (hybrid) the longer prefix the block tree records
+    /// for it, if that record is within the hybrid window or the worker publishes no events.
+    /// Hybrid records the pick in the block tree in the same descent.
+    fn decide_blocks(
+        &self,
+        model: &ModelState,
+        list: &mut [Candidate],
+        blocks: &[u64],
+    ) -> Option<Decision> {
+        let (least, imbalanced) = self.least(list)?;
+        list.sort_unstable_by_key(|c| c.tenant);
+        if let Some(index) = model.index.get() {
+            index.overlaps(blocks, |w, n| fill_one(list, TenantId::from_index(w), n));
+        }
+        let choose = |list: &mut [Candidate]| {
+            let longest = list.iter().map(|c| c.matched).max().unwrap_or(0);
+            let counts = MatchCounts {
+                matched: longest,
+                total: blocks.len(),
+            };
+            if imbalanced {
+                (least, false)
+            } else {
+                self.rules
+                    .choose(list, least, counts, Filled { longest }, |n| self.draw(n))
+            }
+        };
+        let (mut chosen, mut hit) = (least, false);
+        if self.mode == RoutingMode::Hybrid {
+            let tree = &model.blocks;
+            let cutoff = tree.now().saturating_sub(self.hybrid_window_ms);
+            tree.match_and_insert(blocks, |_, holders| {
+                holders.for_each_prefix_tick(|tenant, units, tick| {
+                    if tick >= cutoff || !model.publishes(tenant) {
+                        fill_one(list, tenant, units);
+                    }
+                });
+                (chosen, hit) = choose(list);
+                Some(chosen.tenant)
+            });
+            if let Some(stats) = self.budget.after_insert(tree) {
+                self.record(stats);
+            }
+        } else {
+            (chosen, hit) = choose(list);
+        }
+        Some(self.decided(chosen, hit, imbalanced, blocks.len()))
+    }
+
+    /// Counts a decision and says what it picked: `chosen`, for a prompt of `total` units.
+    fn decided(&self, chosen: Candidate, hit: bool, imbalanced: bool, total: usize) -> Decision {
+        self.rules.observe(total);
         let c = &self.counters;
         if imbalanced {
             c.load_balancing_events.add(1);
@@ -225,15 +337,12 @@ impl Shared {
         } else {
             c.cache_misses.add(1);
         }
-        if let Some(stats) = self.budget.after_insert(tree) {
-            self.record(stats);
-        }
-        Some(Decision {
+        Decision {
             index: chosen.index,
             hit,
-            prefill: total_chars.saturating_sub(chosen.matched),
-            estimate: self.rules.estimate(&chosen, total_chars),
-        })
+            prefill: total.saturating_sub(chosen.matched),
+            estimate: self.rules.estimate(&chosen, total),
+        }
     }
 
     /// Registers workers `select_worker` sees for the first time.
@@ -444,7 +553,9 @@ impl CacheAwarePolicy {
     /// among the registered workers: one lock-free descent, no allocation. The ticket holds one
     /// unit of the worker's load until it is dropped.
     pub fn route(&self, model: &str, text: &str) -> Result<LoadTicket, RouteError> {
-        self.route_keyed::<Text>(model, text, |m| &m.tree)
+        self.route_keyed(model, |shared, m, list| {
+            shared.decide::<Text>(&m.tree, list, text)
+        })
     }
 
     /// [`CacheAwarePolicy::route`] for a prompt already tokenized: matched and recorded in the
@@ -454,20 +565,62 @@ impl CacheAwarePolicy {
     /// `max_tree_size` bounds each tree in its own units, and the estimated-TTFT rule fits its
     /// per-unit prefill cost to whatever units it is fed.
     pub fn route_tokens(&self, model: &str, tokens: &[u32]) -> Result<LoadTicket, RouteError> {
-        self.route_keyed::<Tokens>(model, tokens, |m| &m.tokens)
+        self.route_keyed(model, |shared, m, list| {
+            shared.decide::<Tokens>(&m.tokens, list, tokens)
+        })
     }
 
     /// [`CacheAwarePolicy::route`] for a prompt given as its chained KV-block hashes (see
     /// [`CacheAwarePolicy::route_tokens`] on units): one unit per block.
+    ///
+    /// In precise and hybrid mode ([`CacheAwarePolicyBuilder::mode`]) the blocks are matched
+    /// against the workers' KV cache events ([`CacheAwarePolicy::apply_kv_event`]), so they
+    /// must be the engines' own block hashes, folded as the events' are
+    /// ([`crate::fold_hash`]).
     pub fn route_blocks(&self, model: &str, blocks: &[u64]) -> Result<LoadTicket, RouteError> {
-        self.route_keyed::<Blocks>(model, blocks, |m| &m.blocks)
+        if self.shared.mode == RoutingMode::Approximate {
+            self.route_keyed(model, |shared, m, list| {
+                shared.decide::<Blocks>(&m.blocks, list, blocks)
+            })
+        } else {
+            self.route_keyed(model, |shared, m, list| {
+                shared.decide_blocks(m, list, blocks)
+            })
+        }
     }
 
-    fn route_keyed<K: KeyUnit>(
+    /// Applies one KV cache event that the worker at `worker_url` of `model` published
+    /// (`""`/`"unknown"`: the default model). Events of one worker must be applied in the
+    /// order it published them; see [`crate::KvIndex`].
+    pub fn apply_kv_event(
         &self,
         model: &str,
-        key: &K::Key,
-        tree: impl Fn(&ModelState) -> &KeyedTree<K>,
+        worker_url: &str,
+        event: &KvEvent,
+    ) -> Result<(), IndexError> {
+        let name = tree_key(model);
+        let guard = epoch::pin();
+        let tables = self.shared.tables.load(&guard);
+        let m = tables
+            .model(name)
+            .ok_or_else(|| IndexError::UnknownModel(name.to_string()))?;
+        let tenant = m
+            .tree
+            .lookup_tenant(worker_url)
+            .ok_or_else(|| IndexError::UnknownWorker {
+                model: name.to_string(),
+                url: worker_url.to_string(),
+            })?;
+        m.index(self.shared.index_workers)?
+            .apply(tenant.index(), event)?;
+        m.set_publishes(tenant);
+        Ok(())
+    }
+
+    fn route_keyed(
+        &self,
+        model: &str,
+        decide: impl FnOnce(&Shared, &ModelState, &mut [Candidate]) -> Option<Decision>,
     ) -> Result<LoadTicket, RouteError> {
         let name = tree_key(model);
         let guard = epoch::pin();
@@ -483,7 +636,7 @@ impl CacheAwarePolicy {
                 snapshot.push(Candidate::new(r.tenant, i, &*r.worker, with_work));
             }
         }
-        let Some(d) = self.shared.decide(tree(m), snapshot.as_mut_slice(), key) else {
+        let Some(d) = decide(&self.shared, m, snapshot.as_mut_slice()) else {
             self.shared.counters.no_worker.add(1);
             return Err(RouteError::NoHealthyWorker(name.to_string()));
         };

@@ -39,6 +39,25 @@ pub enum SelectionRule {
     EstimatedTtft,
 }
 
+/// What [`crate::CacheAwarePolicy::route_blocks`] matches a request's block hashes against.
+/// (`route` and `route_tokens` always match the policy's own record.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RoutingMode {
+    /// The policy's own record of the blocks it routed to each worker (the model's block tree),
+    /// as `route` does for texts. Needs no events.
+    #[default]
+    Approximate,
+    /// The workers' KV cache events only ([`crate::CacheAwarePolicy::apply_kv_event`]): what
+    /// each engine says it holds now. Records nothing of its own.
+    Precise,
+    /// The events, and beside them the record of the policy's own decisions; each worker is
+    /// scored by the longer of the two matches. A decision counts for a worker that publishes
+    /// events only for the hybrid window after it was made (until the worker's own events
+    /// catch up with it: Dynamo's "predict on route"); for a worker that has published none it
+    /// counts as in approximate routing.
+    Hybrid,
+}
+
 /// The seed's configuration, same fields. Defaults are the SGLang router's command-line
 /// defaults: threshold 0.3, imbalance when `max - min > 64` and `max > 1.5 * min`, eviction
 /// every 120 s, 2^26 chars per model tree.
@@ -85,6 +104,8 @@ pub enum ConfigError {
     MaxTreeSize,
     /// The evictor thread could not be started (the OS refused a thread).
     EvictorSpawn(String),
+    /// `CacheAwarePolicyBuilder::index_workers` was not in `1..=256`.
+    IndexWorkers(usize),
 }
 
 impl fmt::Display for ConfigError {
@@ -101,6 +122,10 @@ impl fmt::Display for ConfigError {
             ConfigError::MaxTreeSize => write!(
                 f,
                 "invalid CacheAwareConfig::max_tree_size 0: a tree must be allowed at least 1 char"
+            ),
+            ConfigError::IndexWorkers(n) => write!(
+                f,
+                "invalid index_workers {n}: the KV event index tracks between 1 and 256 workers per model"
             ),
             ConfigError::EvictorSpawn(e) => write!(
                 f,

@@ -8,7 +8,7 @@ mod models;
 mod rules;
 
 pub use cache_aware::{CacheAwarePolicy, CacheAwarePolicyBuilder};
-pub use config::{CacheAwareConfig, ConfigError, MissRule, SelectionRule};
+pub use config::{CacheAwareConfig, ConfigError, MissRule, RoutingMode, SelectionRule};
 
 use crate::worker::Worker;
 use std::any::Any;

@@ -1,20 +1,23 @@
-//! Per-model routing state: the trees (one per key unit, sharing tenant ids), the registered
-//! workers and the removed set, plus the
-//! table that maps a caller's `Arc<dyn Worker>` to its model and tenant id without comparing
-//! URLs.
+//! Per-model routing state: the trees (one per key unit, sharing tenant ids), the KV event
+//! index, the registered workers, the removed set and the set of workers that publish events,
+//! plus the table that maps a caller's `Arc<dyn Worker>` to its model and tenant id without
+//! comparing URLs.
 //!
-//! The removed set is a bitset over tenant ids (`Relaxed`: a flag read on its own). A worker
+//! The removed and publishing sets are bitsets over tenant ids (`Relaxed`: flags read on their
+//! own). A worker
 //! removed from a tree stays excluded from routing until it is added again explicitly, even if
 //! a caller keeps passing it to `select_worker`.
 
 use crate::constants::MAX_TENANTS;
-use crate::error::TreeError;
+use crate::error::{IndexError, TreeError};
+use crate::index::{KvIndex, KvIndexConfig};
 use crate::sync::{AtomicU64, Ordering};
 use crate::tenant::TenantId;
 use crate::tree::{BlockTree, TokenTree, Tree};
 use crate::worker::Worker;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::OnceLock;
 
 /// The tree key for a worker's model: `""` and `"unknown"` are the default model.
 pub(crate) fn tree_key(model_id: &str) -> &str {
@@ -33,6 +36,10 @@ pub(crate) struct ModelState {
     pub(crate) tokens: TokenTree,
     /// Block hashes routed with `route_blocks`.
     pub(crate) blocks: BlockTree,
+    /// What the workers' KV cache events say they hold (built on the first event).
+    pub(crate) index: OnceLock<KvIndex>,
+    /// Tenants that have published a KV cache event.
+    publishes: Box<[AtomicU64]>,
     removed: Box<[AtomicU64]>,
 }
 
@@ -43,6 +50,10 @@ impl ModelState {
             tree: Tree::new(),
             tokens: TokenTree::new(),
             blocks: BlockTree::new(),
+            index: OnceLock::new(),
+            publishes: (0..MAX_TENANTS.div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
             removed: (0..MAX_TENANTS.div_ceil(64))
                 .map(|_| AtomicU64::new(0))
                 .collect(),
@@ -63,6 +74,31 @@ impl ModelState {
         let _ = self.tree.remove_tenant_id(id);
         let _ = self.tokens.remove_tenant_id(id);
         let _ = self.blocks.remove_tenant_id(id);
+    }
+
+    /// The KV event index, built for `max_workers` tenants on first use.
+    pub(crate) fn index(&self, max_workers: usize) -> Result<&KvIndex, IndexError> {
+        if let Some(index) = self.index.get() {
+            return Ok(index);
+        }
+        let index = KvIndex::with_config(KvIndexConfig {
+            max_workers,
+            ..KvIndexConfig::default()
+        })?;
+        Ok(self.index.get_or_init(|| index))
+    }
+
+    /// Whether tenant `id` has published a KV cache event.
+    pub(crate) fn publishes(&self, id: TenantId) -> bool {
+        let (word, bit) = (id.index() / 64, id.index() % 64);
+        self.publishes[word].load(Ordering::Relaxed) & (1 << bit) != 0
+    }
+
+    pub(crate) fn set_publishes(&self, id: TenantId) {
+        let (word, bit) = (id.index() / 64, id.index() % 64);
+        if self.publishes[word].load(Ordering::Relaxed) & (1 << bit) == 0 {
+            self.publishes[word].fetch_or(1 << bit, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn is_removed(&self, id: TenantId) -> bool {

@@ -1,10 +1,12 @@
 //! The selection rules: how a request picks among the eligible workers once their load is
-//! balanced, given what its prompt matched in the tree.
+//! balanced, given what its prompt matched.
 //!
-//! The policy calls [`Rules::choose`] inside the tree's descent (`Tree::match_and_insert`), so
-//! a rule reads the holders of the matched path without copying them, and its pick is inserted
-//! in the same descent. Adding a rule is a [`SelectionRule`] variant and an arm here; the
-//! policy's path does not change.
+//! What matched comes as a [`Matched`]: the holders of a tree's matched path (approximate
+//! routing: the policy calls [`Rules::choose`] inside the tree's descent,
+//! `Tree::match_and_insert`, so a rule reads the holders without copying them, and its pick is
+//! inserted in the same descent), or the candidates' own `matched`, filled beforehand from the
+//! KV event index and the record of recent decisions (precise and hybrid routing). Adding a
+//! rule is a [`SelectionRule`] variant and an arm here; the policy's path does not change.
 //!
 //! Orderings: the cost rule's running mean of request size is a `Relaxed` load and store, not
 //! an RMW: an estimate that publishes nothing, and a lost update between two threads skews it by
@@ -15,6 +17,7 @@ use super::config::SelectionRule;
 use crate::constants::TTFT_EXPLOIT_FACTOR;
 use crate::estimate::TtftModel;
 use crate::sync::{AtomicU64, Ordering};
+use crate::tenant::TenantId;
 use crate::tree::{Holders, MatchCounts};
 use std::sync::Arc;
 
@@ -73,7 +76,7 @@ impl Rules {
         list: &mut [Candidate],
         least: Candidate,
         counts: MatchCounts,
-        holders: Holders<'_>,
+        holders: impl Matched,
         draw: impl FnMut(u64) -> u64,
     ) -> (Candidate, bool) {
         match self.selection {
@@ -121,20 +124,17 @@ impl Rules {
         list: &mut [Candidate],
         least: Candidate,
         counts: MatchCounts,
-        holders: Holders<'_>,
+        holders: impl Matched,
     ) -> (Candidate, bool) {
         if counts.ratio() <= self.threshold {
             return (least, false);
         }
-        list.sort_unstable_by_key(|c| c.tenant);
         let mut best: Option<Candidate> = None;
-        for holder in holders.iter() {
-            if let Ok(i) = list.binary_search_by_key(&holder, |c| c.tenant) {
-                if best.is_none_or(|b| list[i].load < b.load) {
-                    best = Some(list[i]);
-                }
+        holders.deepest(list, |c| {
+            if best.is_none_or(|b| c.load < b.load) {
+                best = Some(c);
             }
-        }
+        });
         match best {
             // A holder of the deepest matched node holds the whole matched prefix.
             Some(b) => (
@@ -157,14 +157,14 @@ impl Rules {
         list: &mut [Candidate],
         least: Candidate,
         counts: MatchCounts,
-        holders: Holders<'_>,
+        holders: impl Matched,
         mut draw: impl FnMut(u64) -> u64,
     ) -> (Candidate, bool) {
         // One queued request is costed at half a mean request: requests in flight have usually
         // begun, and their prefill is partly cached. (Swept in the simulator: 0.25x to 1.5x;
         // 0.5x kept hits within 2 points of the seed rule on both traces with the best p99.)
         let queue_cost = self.mean_chars.load(Ordering::Relaxed) as usize / 2;
-        fill_matched(list, &holders);
+        holders.fill(list);
         let key = |c: &Candidate| (c.load * queue_cost + (counts.total - c.matched), c.load);
         let chosen = lowest(list, least, |a, b| key(a).cmp(&key(b)), &mut draw);
         let hit = chosen.matched as f32 > self.threshold * counts.total as f32;
@@ -182,10 +182,10 @@ impl Rules {
         list: &mut [Candidate],
         least: Candidate,
         counts: MatchCounts,
-        holders: Holders<'_>,
+        holders: impl Matched,
         mut draw: impl FnMut(u64) -> u64,
     ) -> (Candidate, bool) {
-        fill_matched(list, &holders);
+        holders.fill(list);
         let total = counts.total;
         let ns = self.ttft.estimator();
         let estimate = |c: &Candidate| {
@@ -220,18 +220,69 @@ impl Rules {
     }
 }
 
-/// Sets each candidate's `matched` to the longest prefix of the prompt it holds (`list` is
-/// sorted by tenant for the lookups).
-fn fill_matched(list: &mut [Candidate], holders: &Holders<'_>) {
-    if holders.is_empty() {
-        return;
+/// What a prompt matched, as the rules read it.
+pub(super) trait Matched {
+    /// Whether no worker holds any of the prompt.
+    fn is_empty(&self) -> bool;
+    /// Calls `f` with each candidate of `list` that holds the whole longest match.
+    fn deepest(&self, list: &mut [Candidate], f: impl FnMut(Candidate));
+    /// Sets each candidate's `matched` to the longest prefix of the prompt it holds.
+    fn fill(&self, list: &mut [Candidate]);
+}
+
+/// A tree's matched path (approximate routing).
+impl Matched for Holders<'_> {
+    fn is_empty(&self) -> bool {
+        Holders::is_empty(self)
     }
-    list.sort_unstable_by_key(|c| c.tenant);
-    holders.for_each_prefix(|tenant, chars| {
-        if let Ok(i) = list.binary_search_by_key(&tenant, |c| c.tenant) {
-            list[i].matched = list[i].matched.max(chars);
+
+    /// The tenants of the deepest matched node hold the whole match (`list` is sorted by
+    /// tenant for the lookups: O(holders x log workers)).
+    fn deepest(&self, list: &mut [Candidate], mut f: impl FnMut(Candidate)) {
+        list.sort_unstable_by_key(|c| c.tenant);
+        for holder in self.iter() {
+            if let Ok(i) = list.binary_search_by_key(&holder, |c| c.tenant) {
+                f(list[i]);
+            }
         }
-    });
+    }
+
+    fn fill(&self, list: &mut [Candidate]) {
+        if Holders::is_empty(self) {
+            return;
+        }
+        list.sort_unstable_by_key(|c| c.tenant);
+        self.for_each_prefix(|tenant, units| fill_one(list, tenant, units));
+    }
+}
+
+/// Candidates whose `matched` is already filled (precise and hybrid routing), the longest
+/// being `longest`.
+pub(super) struct Filled {
+    pub(super) longest: usize,
+}
+
+impl Matched for Filled {
+    fn is_empty(&self) -> bool {
+        self.longest == 0
+    }
+
+    fn deepest(&self, list: &mut [Candidate], mut f: impl FnMut(Candidate)) {
+        if self.longest > 0 {
+            list.iter()
+                .filter(|c| c.matched == self.longest)
+                .for_each(|c| f(*c));
+        }
+    }
+
+    fn fill(&self, _list: &mut [Candidate]) {}
+}
+
+/// Raises `tenant`'s `matched` in `list` (sorted by tenant) to `units`.
+pub(super) fn fill_one(list: &mut [Candidate], tenant: TenantId, units: usize) {
+    if let Ok(i) = list.binary_search_by_key(&tenant, |c| c.tenant) {
+        list[i].matched = list[i].matched.max(units);
+    }
 }
 
 /// The least candidate of `list` by `cmp`, starting from `least` (the miss rule's pick, as

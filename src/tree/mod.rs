@@ -108,6 +108,17 @@ impl<'a> Holders<'a> {
         }
     }
 
+    /// [`Holders::for_each_prefix`] with the tick the tenant last used each node at.
+    pub(crate) fn for_each_prefix_tick(&self, mut f: impl FnMut(TenantId, usize, u64)) {
+        for step in self.path.iter().rev() {
+            // SAFETY: steps point at nodes loaded under the guard that outlives `'a`.
+            let slots = unsafe { &(*step.node).slots };
+            for (id, tick) in tenants::live(slots) {
+                f(id, step.units_through, tick);
+            }
+        }
+    }
+
     /// The live tenants, oldest attachment first.
     pub fn iter(&self) -> impl Iterator<Item = TenantId> + 'a {
         tenants::live(self.slots).map(|(id, _)| id)
@@ -443,6 +454,11 @@ impl<K: KeyUnit> KeyedTree<K> {
             .into_iter()
             .map(|(id, n)| (self.engine.registry.name(id).to_string(), n))
             .collect()
+    }
+
+    /// The tree clock's tick now.
+    pub(crate) fn now(&self) -> u64 {
+        self.engine.clock.now()
     }
 
     /// Frees every node now, in this thread (the tree is only dropped after this).
