@@ -12,11 +12,13 @@
 //! Requests wait, in arrival order, until their blocks fit beside the running ones (a request
 //! larger than the whole capacity runs alone). On admission a request hits the longest run of
 //! its leading blocks in the cache, prefills only the rest, and its prompt blocks become the
-//! most recently used.
+//! most recently used. The cache's changes are the worker's KV cache events, stamped with the
+//! start of the step that made them (`take_kv_events`).
 
 use crate::cache::BlockCache;
 use crate::model::{outcome, Cluster, Engine, Outcome, Router, SimConfig};
 use crate::trace::{Request, TOKENS_PER_BLOCK};
+use cache_aware_router::KvEvent;
 use std::collections::VecDeque;
 use std::time::Instant;
 
@@ -58,8 +60,13 @@ struct Job {
 /// What a worker reports as its steps run.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Event {
-    /// Request `id` was admitted and hit `hit_tokens` of its prompt in the cache.
-    Admitted { id: usize, hit_tokens: u64 },
+    /// Request `id` was admitted and hit `hit_tokens` of its prompt in the cache, its first
+    /// `hit_blocks` blocks.
+    Admitted {
+        id: usize,
+        hit_tokens: u64,
+        hit_blocks: usize,
+    },
     /// Request `id` got its first token at `at_us`.
     FirstToken { id: usize, at_us: f64 },
     /// Request `id` finished at `at_us`.
@@ -169,6 +176,8 @@ pub struct Worker {
     capacity_blocks: usize,
     cache: BlockCache,
     batch: Batch,
+    /// KV cache events not yet taken, with when they happened.
+    kv_events: Vec<(f64, KvEvent)>,
 }
 
 impl Worker {
@@ -177,7 +186,13 @@ impl Worker {
             capacity_blocks,
             cache: BlockCache::new(capacity_blocks),
             batch: Batch::default(),
+            kv_events: Vec::new(),
         }
+    }
+
+    /// The KV cache events since the last call, oldest first, with when they happened.
+    pub fn take_kv_events(&mut self) -> Vec<(f64, KvEvent)> {
+        std::mem::take(&mut self.kv_events)
     }
 
     fn job(id: usize, req: &Request) -> Job {
@@ -203,23 +218,30 @@ impl Worker {
     /// Runs every step that starts before `until_us` (a step that starts runs to its end),
     /// reporting what happens.
     pub fn run_until(&mut self, until_us: f64, model: &StepModel, on: &mut impl FnMut(Event)) {
+        let mut events = Vec::new();
         while !self.batch.is_idle() && self.batch.clock_us < until_us {
+            let start = self.batch.clock_us;
             let cache = &self.cache;
+            let mut hits = Vec::new();
             let admitted = self.batch.admit(self.capacity_blocks, |job| {
-                prefill_after(job.input_tokens, cache.leading_hits(&job.hash_ids))
+                let hit = cache.leading_hits(&job.hash_ids);
+                hits.push(hit);
+                prefill_after(job.input_tokens, hit)
             });
             let free = self.capacity_blocks.saturating_sub(self.batch.pinned);
-            self.cache.set_capacity(free);
-            for job in admitted {
-                self.cache.touch(&job.hash_ids);
+            self.cache.set_capacity(free, &mut events);
+            for (job, hit_blocks) in admitted.into_iter().zip(hits) {
+                self.cache.touch(&job.hash_ids, &mut events);
                 on(Event::Admitted {
                     id: job.id,
                     hit_tokens: job.input_tokens - job.prefill_left.min(job.input_tokens),
+                    hit_blocks,
                 });
             }
             self.batch.step(model, on);
             let free = self.capacity_blocks.saturating_sub(self.batch.pinned);
-            self.cache.set_capacity(free);
+            self.cache.set_capacity(free, &mut events);
+            self.kv_events.extend(events.drain(..).map(|e| (start, e)));
         }
     }
 
@@ -285,7 +307,14 @@ pub fn simulate(
         let due = pending.partition_point(|e| e.0 <= until);
         for (at, w, event) in pending.drain(..due) {
             match event {
-                Event::Admitted { hit_tokens, .. } => out.hit_tokens += hit_tokens,
+                Event::Admitted {
+                    id,
+                    hit_tokens,
+                    hit_blocks,
+                } => {
+                    out.hit_tokens += hit_tokens;
+                    out.score_prediction(router, id, hit_blocks);
+                }
                 Event::FirstToken { id, .. } => {
                     let ttft_us = at - arrival(id);
                     out.ttft_ms[id] = ttft_us / 1000.0;
@@ -308,7 +337,10 @@ pub fn simulate(
             }
         }
     };
-    let run_all = |until: f64, cluster: &mut Cluster, pending: &mut Vec<(f64, usize, Event)>| {
+    let run_all = |until: f64,
+                   cluster: &mut Cluster,
+                   pending: &mut Vec<(f64, usize, Event)>,
+                   router: &mut dyn Router| {
         let Engine::Batched { workers, model } = &mut cluster.engine else {
             unreachable!("built as Batched above")
         };
@@ -322,11 +354,14 @@ pub fn simulate(
                 };
                 pending.push((at, w, e));
             });
+            for (at, event) in worker.take_kv_events() {
+                router.kv_events(w, at, std::slice::from_ref(&event));
+            }
         }
     };
     for (i, req) in requests.iter().enumerate() {
         let now = arrival(i);
-        run_all(now, &mut cluster, &mut pending);
+        run_all(now, &mut cluster, &mut pending, router);
         deliver(now, &mut pending, &mut cluster, router, &mut out);
         let start = Instant::now();
         let w = router.route(req, &texts[i], now, &cluster);
@@ -341,7 +376,7 @@ pub fn simulate(
         out.per_worker[w] += 1;
         progress();
     }
-    run_all(f64::INFINITY, &mut cluster, &mut pending);
+    run_all(f64::INFINITY, &mut cluster, &mut pending, router);
     deliver(f64::INFINITY, &mut pending, &mut cluster, router, &mut out);
     let first = requests.first().map_or(0.0, |_| arrival(0));
     out.span_ms = (last_finish - first).max(0.0) / 1000.0;
@@ -473,7 +508,8 @@ mod tests {
             events[0],
             Event::Admitted {
                 id: 1,
-                hit_tokens: 512
+                hit_tokens: 512,
+                hit_blocks: 1
             }
         );
         let ttft = first_tokens(&events)[0].1 - now;

@@ -60,15 +60,27 @@ struct Args {
     workers: usize,
     /// Policies to compare, comma-separated: cache-aware (the seed's threshold rule),
     /// cache-aware-cost (cost-aware choice: queued work + unmatched prefill), cache-aware-ttft
-    /// (lowest estimated time to first token, its costs fitted to the first tokens), round-robin,
+    /// (lowest estimated time to first token, its costs fitted to the first tokens), precise
+    /// (the TTFT rule on the workers' KV cache events only, the prompt as block hashes), hybrid
+    /// (the events plus its own recent decisions), round-robin,
     /// random, power-of-two, least-load, prefix-hash (consistent hashing on the first block,
     /// bounded load), oracle (exact caches and queues: lowest modelled TTFT). Default: all.
     #[arg(long, value_delimiter = ',')]
     policy: Vec<String>,
     /// Tokens each worker's KV cache holds. Default: half the trace's distinct prefix tokens,
     /// so the trace does not fit in one worker.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "cache_pressure")]
     cache_tokens: Option<u64>,
+    /// Cache pressure: the workers' KV caches together hold an eighth of the trace's distinct
+    /// blocks (each worker 1/(8 x workers)), so workers evict often and a router's record of
+    /// what they hold goes stale.
+    #[arg(long)]
+    cache_pressure: bool,
+    /// How long the workers' KV cache events take to reach the router, in milliseconds
+    /// (precise and hybrid). Several values, comma-separated, run those policies once per
+    /// delay, as "precise @10ms" and so on.
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    event_delay_ms: Vec<f64>,
     /// Cache-aware: match ratio above which the matching worker is chosen, in [0, 1].
     #[arg(long, default_value_t = 0.3)]
     cache_threshold: f32,
@@ -200,6 +212,15 @@ fn check(args: &Args) -> Result<(), String> {
             args.serving
         ));
     }
+    if let Some(d) = args
+        .event_delay_ms
+        .iter()
+        .find(|d| !(**d >= 0.0 && d.is_finite()))
+    {
+        return Err(format!(
+            "--event-delay-ms must be finite numbers, 0 or more (got {d})"
+        ));
+    }
     if args.policy.iter().any(|p| p.trim().is_empty()) {
         return Err("--policy names an empty policy: give names separated by commas".into());
     }
@@ -246,6 +267,7 @@ fn run(args: Args) -> Result<(), String> {
         .collect();
     let cache_blocks = match args.cache_tokens {
         Some(t) => (t / trace::TOKENS_PER_BLOCK) as usize,
+        None if args.cache_pressure => distinct.len().div_ceil(8 * args.workers),
         None => distinct.len().div_ceil(2),
     };
     let cfg = SimConfig {
@@ -257,6 +279,7 @@ fn run(args: Args) -> Result<(), String> {
         chars_per_block: args.chars_per_block,
         cache_aware,
         seed: args.seed,
+        event_delay_ms: args.event_delay_ms[0],
         serving: match args.serving.as_str() {
             "fifo" => Serving::Fifo,
             _ => Serving::Batched(StepModel {
@@ -269,7 +292,17 @@ fn run(args: Args) -> Result<(), String> {
     };
     let mut routers = Vec::new();
     for p in &policies {
-        routers.push((p.clone(), make_router(p, &cfg)?));
+        if matches!(p.as_str(), "precise" | "hybrid") && args.event_delay_ms.len() > 1 {
+            for &d in &args.event_delay_ms {
+                let cfg = SimConfig {
+                    event_delay_ms: d,
+                    ..cfg.clone()
+                };
+                routers.push((format!("{p} @{d}ms"), make_router(p, &cfg)?));
+            }
+        } else {
+            routers.push((p.clone(), make_router(p, &cfg)?));
+        }
     }
     let texts: Vec<String> = requests
         .iter()

@@ -7,15 +7,18 @@
 //! - **batched** (`batched.rs`): continuous batching with chunked prefill and KV memory in
 //!   blocks, as vLLM and SGLang serve.
 //!
-//! A worker's load is its queued and running requests. The router sees only the prompt's text.
+//! A worker's load is its queued and running requests. The router sees the prompt's text, or
+//! (the `precise` and `hybrid` policies) its block ids as block hashes, and the KV cache events
+//! the workers' caches publish, `event_delay_ms` after they happen.
 
 use crate::batched::{self, StepModel};
 use crate::cache::BlockCache;
 use crate::trace::{Request, Rng, TOKENS_PER_BLOCK};
 use cache_aware_router::{
-    BasicWorkerBuilder, CacheAwareConfig, CacheAwarePolicy, LoadTicket, SelectionRule, Worker,
+    BasicWorkerBuilder, CacheAwareConfig, CacheAwarePolicy, KvEvent, LoadTicket, ManualClock,
+    RoutingMode, SelectionRule, Worker,
 };
-use std::cmp::Reverse;
+use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -34,6 +37,8 @@ pub struct SimConfig {
     pub cache_aware: CacheAwareConfig,
     pub seed: u64,
     pub serving: Serving,
+    /// How long a worker's KV cache events take to reach the router, in milliseconds.
+    pub event_delay_ms: f64,
 }
 
 /// How workers serve their requests.
@@ -69,6 +74,8 @@ pub const POLICIES: &[&str] = &[
     "cache-aware",
     "cache-aware-cost",
     "cache-aware-ttft",
+    "precise",
+    "hybrid",
     "round-robin",
     "random",
     "power-of-two",
@@ -88,14 +95,31 @@ pub trait Router: Send {
     }
     /// Called when a request routed to `worker` finishes.
     fn complete(&mut self, _worker: usize, _request: usize) {}
+    /// The KV cache events `worker`'s cache published at `at_us`, in order.
+    fn kv_events(&mut self, _worker: usize, _at_us: f64, _events: &[KvEvent]) {}
+    /// The leading blocks of request `request`'s prompt the router expected its worker to
+    /// hold when it routed it (routers that predict hits).
+    fn predicted_hit_blocks(&self, _request: usize) -> Option<u64> {
+        None
+    }
 }
 
 pub fn make_router(name: &str, cfg: &SimConfig) -> Result<Box<dyn Router>, String> {
     let n = cfg.workers;
     Ok(match name {
-        "cache-aware" => Box::new(CacheAware::new(cfg, SelectionRule::Threshold)?),
-        "cache-aware-cost" => Box::new(CacheAware::new(cfg, SelectionRule::CostAware)?),
-        "cache-aware-ttft" => Box::new(CacheAware::new(cfg, SelectionRule::EstimatedTtft)?),
+        "cache-aware" => Box::new(CacheAware::new(cfg, SelectionRule::Threshold, None)?),
+        "cache-aware-cost" => Box::new(CacheAware::new(cfg, SelectionRule::CostAware, None)?),
+        "cache-aware-ttft" => Box::new(CacheAware::new(cfg, SelectionRule::EstimatedTtft, None)?),
+        "precise" => Box::new(CacheAware::new(
+            cfg,
+            SelectionRule::EstimatedTtft,
+            Some(RoutingMode::Precise),
+        )?),
+        "hybrid" => Box::new(CacheAware::new(
+            cfg,
+            SelectionRule::EstimatedTtft,
+            Some(RoutingMode::Hybrid),
+        )?),
         "round-robin" => Box::new(RoundRobin(0)),
         "random" => Box::new(RandomPick(Rng::new(cfg.seed))),
         "power-of-two" => Box::new(PowerOfTwo(Rng::new(cfg.seed))),
@@ -114,47 +138,116 @@ pub fn make_router(name: &str, cfg: &SimConfig) -> Result<Box<dyn Router>, Strin
 }
 
 /// Our engine, through its native API: the ticket holds the worker's load until the simulated
-/// request finishes.
+/// request finishes. Text policies route the prompt's text; `precise` and `hybrid` route its
+/// block ids as block hashes, and apply the workers' KV cache events `event_delay_ms` after
+/// they happen.
 struct CacheAware {
     policy: CacheAwarePolicy,
+    /// `None`: text routing; else the mode `route_blocks` runs in.
+    mode: Option<RoutingMode>,
     tickets: std::collections::HashMap<usize, LoadTicket>,
     next_request: usize,
+    urls: Vec<String>,
+    /// Events not yet delivered, soonest due first.
+    in_flight: BinaryHeap<Reverse<Pending>>,
+    /// Events received so far (orders events due at once as they happened).
+    received: u64,
+    delay_us: f64,
+    /// The policy's trees' clock: simulated milliseconds.
+    clock: ManualClock,
+    chars_per_block: usize,
+    /// Per request: the leading blocks the ticket expected its worker to hold.
+    predicted: Vec<u64>,
 }
 
 impl CacheAware {
-    fn new(cfg: &SimConfig, selection: SelectionRule) -> Result<Self, String> {
+    fn new(
+        cfg: &SimConfig,
+        selection: SelectionRule,
+        mode: Option<RoutingMode>,
+    ) -> Result<Self, String> {
+        let clock = ManualClock::new();
         let policy = CacheAwarePolicy::builder()
             .selection(selection)
+            .mode(mode.unwrap_or_default())
+            .clock(clock.clone().into())
             .config(CacheAwareConfig {
                 eviction_interval_secs: 0,
                 ..cfg.cache_aware.clone()
             })
             .tie_seed(cfg.seed)
+            .index_workers(cfg.workers.clamp(1, cache_aware_router::MAX_INDEX_WORKERS))
             .build()
             .map_err(|e| e.to_string())?;
-        for i in 0..cfg.workers {
-            let w: Arc<dyn Worker> =
-                Arc::new(BasicWorkerBuilder::new(format!("sim://worker-{i}")).build());
+        let urls: Vec<String> = (0..cfg.workers)
+            .map(|i| format!("sim://worker-{i}"))
+            .collect();
+        for url in &urls {
+            let w: Arc<dyn Worker> = Arc::new(BasicWorkerBuilder::new(url.clone()).build());
             policy.register_worker(w).map_err(|e| e.to_string())?;
         }
         Ok(Self {
             policy,
+            mode,
             tickets: Default::default(),
             next_request: 0,
+            urls,
+            in_flight: BinaryHeap::new(),
+            received: 0,
+            delay_us: cfg.event_delay_ms * 1000.0,
+            clock,
+            chars_per_block: cfg.chars_per_block,
+            predicted: Vec::new(),
         })
     }
 }
 
 impl Router for CacheAware {
-    fn route(&mut self, _req: &Request, text: &str, _now: f64, _cluster: &Cluster) -> usize {
-        let ticket = self
-            .policy
-            .route("", text)
-            .expect("simulated workers are always healthy");
+    fn route(&mut self, req: &Request, text: &str, now: f64, _cluster: &Cluster) -> usize {
+        self.clock.set((now / 1000.0) as u64);
+        while self.in_flight.peek().is_some_and(|p| p.0.due <= now) {
+            let Reverse(p) = self.in_flight.pop().expect("just looked");
+            self.policy
+                .apply_kv_event("", &self.urls[p.worker], &p.event)
+                .expect("simulated workers are registered and in range");
+        }
+        let (ticket, predicted) = match self.mode {
+            None => {
+                let t = self.policy.route("", text).expect("workers are healthy");
+                let matched = text.chars().count() - t.prefill_chars();
+                let blocks = (matched / self.chars_per_block) as u64;
+                (t, blocks)
+            }
+            Some(_) => {
+                let t = self
+                    .policy
+                    .route_blocks("", &req.hash_ids)
+                    .expect("workers are healthy");
+                let blocks = (req.hash_ids.len() - t.prefill_chars()) as u64;
+                (t, blocks)
+            }
+        };
         let index = ticket.index();
         self.tickets.insert(self.next_request, ticket);
+        self.predicted.push(predicted);
         self.next_request += 1;
         index
+    }
+    fn kv_events(&mut self, worker: usize, at_us: f64, events: &[KvEvent]) {
+        if self.mode.is_some_and(|m| m != RoutingMode::Approximate) {
+            for event in events {
+                self.received += 1;
+                self.in_flight.push(Reverse(Pending {
+                    due: at_us + self.delay_us,
+                    seq: self.received,
+                    worker,
+                    event: event.clone(),
+                }));
+            }
+        }
+    }
+    fn predicted_hit_blocks(&self, request: usize) -> Option<u64> {
+        self.predicted.get(request).copied()
     }
     fn first_token(&mut self, _worker: usize, request: usize, ttft_us: f64) -> Option<f64> {
         let ticket = self.tickets.get(&request)?;
@@ -165,6 +258,36 @@ impl Router for CacheAware {
         self.tickets.remove(&request);
     }
 }
+
+/// A KV cache event on its way to the router.
+struct Pending {
+    due: f64,
+    seq: u64,
+    worker: usize,
+    event: KvEvent,
+}
+
+impl Ord for Pending {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.due
+            .total_cmp(&other.due)
+            .then(self.seq.cmp(&other.seq))
+    }
+}
+
+impl PartialOrd for Pending {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Pending {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Pending {}
 
 struct RoundRobin(usize);
 impl Router for RoundRobin {
@@ -293,6 +416,27 @@ pub struct Outcome {
     pub per_worker: Vec<usize>,
     /// Wall-clock ns of each routing decision (the router's own cost).
     pub route_ns: Vec<u64>,
+    /// Leading blocks the router expected its picks to hold, summed over requests (routers
+    /// that predict hits).
+    pub predicted_blocks: u64,
+    /// Of those, the blocks the worker really held when the request was admitted.
+    pub predicted_and_hit: u64,
+}
+
+impl Outcome {
+    /// Counts request `request`'s real hit (`hit_blocks` leading blocks) against what
+    /// `router` predicted for it.
+    pub(crate) fn score_prediction(
+        &mut self,
+        router: &dyn Router,
+        request: usize,
+        hit_blocks: usize,
+    ) {
+        if let Some(p) = router.predicted_hit_blocks(request) {
+            self.predicted_blocks += p;
+            self.predicted_and_hit += p.min(hit_blocks as u64);
+        }
+    }
 }
 
 /// Replays `requests` (with their prompt `texts`) through `router`, on the serving model
@@ -327,6 +471,8 @@ pub(crate) fn outcome(name: &str, requests: usize, workers: usize) -> Outcome {
         span_ms: 0.0,
         per_worker: vec![0; workers],
         route_ns: Vec::with_capacity(requests),
+        predicted_blocks: 0,
+        predicted_and_hit: 0,
     }
 }
 
@@ -383,14 +529,17 @@ fn simulate_fifo(
         else {
             unreachable!("built as Fifo above")
         };
-        let hit =
-            (caches[w].leading_hits(&req.hash_ids) as u64 * TOKENS_PER_BLOCK).min(req.input_length);
+        let hit_blocks = caches[w].leading_hits(&req.hash_ids);
+        out.score_prediction(router, i, hit_blocks);
+        let hit = (hit_blocks as u64 * TOKENS_PER_BLOCK).min(req.input_length);
         let prefill = (req.input_length - hit) as f64 * cfg.prefill_us_per_token;
         let begin = now.max(busy_until_us[w]);
         let finish = begin + prefill + req.output_length as f64 * cfg.decode_ms_per_token * 1000.0;
         busy_until_us[w] = finish;
         cluster.in_flight[w] += 1;
-        caches[w].touch(&req.hash_ids);
+        let mut events = Vec::new();
+        caches[w].touch(&req.hash_ids, &mut events);
+        router.kv_events(w, now, &events);
         running.push(Reverse(((finish * 1000.0) as u64, w, i)));
         firsts.push(Reverse((((begin + prefill) * 1000.0) as u64, w, i)));
         out.input_tokens += req.input_length;
@@ -459,6 +608,7 @@ mod tests {
             cache_aware: CacheAwareConfig::default(),
             seed: 1,
             serving: Serving::Fifo,
+            event_delay_ms: 0.0,
         }
     }
 
@@ -533,6 +683,43 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Under cache pressure (the caches hold a fraction of the trace), the precise router's
+    /// predicted hits are held when its requests are admitted, the approximate tree's go
+    /// stale, and the precise router hits at least as much. Events that never arrive leave it
+    /// predicting nothing.
+    #[test]
+    fn precise_routing_predicts_what_the_caches_hold() {
+        let reqs = generate(1500, 5);
+        let distinct: std::collections::HashSet<u64> = reqs
+            .iter()
+            .flat_map(|r| r.hash_ids.iter().copied())
+            .collect();
+        // `--cache-pressure`: all caches together hold an eighth of the trace.
+        let cfg = SimConfig {
+            cache_blocks: distinct.len() / (8 * batched_cfg().workers),
+            ..batched_cfg()
+        };
+        let accuracy = |o: &Outcome| o.predicted_and_hit as f64 / o.predicted_blocks as f64;
+        let precise = run("precise", &reqs, &cfg);
+        let approximate = run("cache-aware-ttft", &reqs, &cfg);
+        assert!(precise.predicted_blocks > 0);
+        assert!(accuracy(&precise) >= 0.95, "{}", accuracy(&precise));
+        assert!(
+            accuracy(&approximate) < accuracy(&precise),
+            "{} vs {}",
+            accuracy(&approximate),
+            accuracy(&precise)
+        );
+        assert!(precise.hit_tokens >= approximate.hit_tokens);
+        let never = SimConfig {
+            event_delay_ms: 1e12,
+            ..cfg.clone()
+        };
+        assert_eq!(run("precise", &reqs, &never).predicted_blocks, 0);
+        // Hybrid without events is approximate routing on blocks: it predicts hits.
+        assert!(run("hybrid", &reqs, &never).predicted_blocks > 0);
     }
 
     #[test]

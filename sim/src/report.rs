@@ -18,6 +18,9 @@ pub struct Row {
     pub output_tokens_per_s: f64,
     /// For a policy that predicts TTFT: the median of |predicted - simulated| / simulated.
     pub ttft_estimate_error: Option<f64>,
+    /// For a policy that predicts hits: the share of the leading blocks it expected its picks
+    /// to hold that they really held at admission.
+    pub prediction_accuracy: Option<f64>,
     /// Requests on the busiest worker over requests on the idlest (None if one got none).
     pub max_min_requests: Option<f64>,
     pub route_mean_ns: f64,
@@ -65,6 +68,8 @@ pub fn rows(outcomes: &[Outcome]) -> Vec<Row> {
                     e.sort_by(f64::total_cmp);
                     quantile(&e, 0.5)
                 }),
+                prediction_accuracy: (o.predicted_blocks > 0)
+                    .then(|| o.predicted_and_hit as f64 / o.predicted_blocks as f64),
                 max_min_requests: (min > 0).then(|| max as f64 / min as f64),
                 route_mean_ns: mean_ns,
                 route_p99_ns: quantile(&ns, 0.99),
@@ -118,6 +123,7 @@ pub fn table(rows: &[Row]) -> comfy_table::Table {
         "p99 TTFT (ms)",
         "mean TPOT (ms)",
         "output tok/s",
+        "predicted hits held",
         "max/min reqs per worker",
         "route mean (ns)",
         "route p99 (ns)",
@@ -134,6 +140,8 @@ pub fn table(rows: &[Row]) -> comfy_table::Table {
             format!("{:.1}", r.p99_ttft_ms),
             format!("{:.2}", r.mean_tpot_ms),
             format!("{:.0}", r.output_tokens_per_s),
+            r.prediction_accuracy
+                .map_or("-".into(), |v| format!("{:.1}%", v * 100.0)),
             r.max_min_requests
                 .map_or("inf".into(), |v| format!("{v:.2}")),
             format!("{:.0}", r.route_mean_ns),
@@ -146,12 +154,12 @@ pub fn table(rows: &[Row]) -> comfy_table::Table {
 
 pub fn csv(rows: &[Row]) -> String {
     let mut s = String::from(
-        "policy,hit_rate,hit_vs_oracle,mean_ttft_ms,p50_ttft_ms,p99_ttft_ms,mean_tpot_ms,output_tokens_per_s,max_min_requests,route_mean_ns,route_p99_ns,decisions_per_s\n",
+        "policy,hit_rate,hit_vs_oracle,mean_ttft_ms,p50_ttft_ms,p99_ttft_ms,mean_tpot_ms,output_tokens_per_s,prediction_accuracy,max_min_requests,route_mean_ns,route_p99_ns,decisions_per_s\n",
     );
     for r in rows {
         let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.6}"));
         s.push_str(&format!(
-            "{},{:.6},{},{:.3},{:.3},{:.3},{:.4},{:.1},{},{:.1},{:.1},{:.1}\n",
+            "{},{:.6},{},{:.3},{:.3},{:.3},{:.4},{:.1},{},{},{:.1},{:.1},{:.1}\n",
             r.policy,
             r.hit_rate,
             opt(r.hit_vs_oracle),
@@ -160,6 +168,7 @@ pub fn csv(rows: &[Row]) -> String {
             r.p99_ttft_ms,
             r.mean_tpot_ms,
             r.output_tokens_per_s,
+            opt(r.prediction_accuracy),
             opt(r.max_min_requests),
             r.route_mean_ns,
             r.route_p99_ns,

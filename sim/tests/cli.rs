@@ -22,6 +22,8 @@ fn the_default_run_reports_every_policy() {
         "cache-aware",
         "cache-aware-cost",
         "cache-aware-ttft",
+        "precise",
+        "hybrid",
         "round-robin",
         "random",
         "power-of-two",
@@ -66,6 +68,12 @@ fn bad_input_exits_2_naming_the_flag_or_line_and_writes_nothing() {
         ),
         (vec!["--cache-tokens", "0"], "--cache-tokens"),
         (vec!["--chars-per-block", "0"], "--chars-per-block"),
+        (vec!["--event-delay-ms", "5,-1"], "--event-delay-ms"),
+        (vec!["--event-delay-ms", "NaN"], "--event-delay-ms"),
+        (
+            vec!["--cache-pressure", "--cache-tokens", "4096"],
+            "--cache-tokens",
+        ),
         (vec!["--policy", "cache-aware,,oracle"], "--policy"),
         (
             vec![
@@ -139,6 +147,6 @@ fn parallel_replays_report_what_a_serial_one_does() {
         rows
     };
     let serial = rows("1");
-    assert_eq!(serial.as_array().unwrap().len(), 9, "every policy");
+    assert_eq!(serial.as_array().unwrap().len(), 11, "every policy");
     assert_eq!(rows("3"), serial);
 }

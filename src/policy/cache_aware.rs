@@ -19,6 +19,7 @@ use super::config::{CacheAwareConfig, ConfigError, MissRule, RoutingMode, Select
 use super::models::{tree_key, ModelState, Registered, Tables};
 use super::rules::{fill_one, Estimate, Filled, Rules};
 use super::LoadBalancingPolicy;
+use crate::clock::Clock;
 use crate::cow::CowCell;
 use crate::error::{IndexError, RouteError};
 use crate::evictor::{Evictor, Housekeeper};
@@ -55,6 +56,7 @@ pub struct CacheAwarePolicyBuilder {
     mode: RoutingMode,
     hybrid_window: Duration,
     index_workers: usize,
+    clock: Clock,
 }
 
 impl Default for CacheAwarePolicyBuilder {
@@ -67,6 +69,7 @@ impl Default for CacheAwarePolicyBuilder {
             mode: RoutingMode::default(),
             hybrid_window: Duration::from_secs(2),
             index_workers: 64,
+            clock: Clock::default(),
         }
     }
 }
@@ -114,6 +117,14 @@ impl CacheAwarePolicyBuilder {
         self
     }
 
+    /// Where the trees read their last-access times (default: milliseconds, monotonic): a
+    /// [`crate::ManualClock`] replays a trace in its own time (the hybrid window and eviction
+    /// order follow it).
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
     /// Workers per model the KV event index tracks, by tenant id (`1..=256`, default 64).
     pub fn index_workers(mut self, workers: usize) -> Self {
         self.index_workers = workers;
@@ -142,6 +153,7 @@ impl CacheAwarePolicyBuilder {
             mode: self.mode,
             hybrid_window_ms: self.hybrid_window.as_millis() as u64,
             index_workers: self.index_workers,
+            clock: self.clock,
         });
         let evictor = if interval > 0 {
             let target: Arc<dyn Housekeeper> = shared.clone();
@@ -168,6 +180,7 @@ struct Shared {
     mode: RoutingMode,
     hybrid_window_ms: u64,
     index_workers: usize,
+    clock: Clock,
 }
 
 thread_local! {
@@ -350,7 +363,7 @@ impl Shared {
         self.tables.update(|t| {
             for w in workers {
                 if t.find(w).is_none() {
-                    let model = t.model_or_insert(tree_key(w.model_id()));
+                    let model = t.model_or_insert(tree_key(w.model_id()), &self.clock);
                     if let Ok(tenant) = model.intern(w.url()) {
                         t.insert(Registered {
                             worker: w.clone(),
@@ -366,7 +379,7 @@ impl Shared {
     /// Registers `worker` for both APIs and clears its removal.
     fn register(&self, worker: &Arc<dyn Worker>) -> Result<(), crate::TreeError> {
         self.tables.update(|t| {
-            let model = t.model_or_insert(tree_key(worker.model_id()));
+            let model = t.model_or_insert(tree_key(worker.model_id()), &self.clock);
             let tenant = model.intern(worker.url())?;
             model.set_removed(tenant, false);
             let entry = Registered {
@@ -489,7 +502,7 @@ impl CacheAwarePolicy {
     /// Adds `url` to the tree of `model_id` (`""`/`"unknown"`: the default model).
     pub fn add_worker_by_url(&self, url: &str, model_id: &str) {
         self.shared.tables.update(|t| {
-            let model = t.model_or_insert(tree_key(model_id));
+            let model = t.model_or_insert(tree_key(model_id), &self.shared.clock);
             if let Ok(tenant) = model.intern(url) {
                 model.set_removed(tenant, false);
             }

@@ -8,12 +8,13 @@
 //! removed from a tree stays excluded from routing until it is added again explicitly, even if
 //! a caller keeps passing it to `select_worker`.
 
+use crate::clock::Clock;
 use crate::constants::MAX_TENANTS;
 use crate::error::{IndexError, TreeError};
 use crate::index::{KvIndex, KvIndexConfig};
 use crate::sync::{AtomicU64, Ordering};
 use crate::tenant::TenantId;
-use crate::tree::{BlockTree, TokenTree, Tree};
+use crate::tree::{BlockTree, TokenTree, Tree, TreeConfig};
 use crate::worker::Worker;
 use std::fmt;
 use std::sync::Arc;
@@ -44,12 +45,18 @@ pub(crate) struct ModelState {
 }
 
 impl ModelState {
-    pub(crate) fn new(name: &str) -> Self {
+    /// A model whose trees read `clock`.
+    pub(crate) fn new(name: &str, clock: &Clock) -> Self {
+        let config = || TreeConfig {
+            clock: clock.clone(),
+            ..TreeConfig::default()
+        };
+        let valid = "the default shard count is valid";
         Self {
             name: name.into(),
-            tree: Tree::new(),
-            tokens: TokenTree::new(),
-            blocks: BlockTree::new(),
+            tree: Tree::with_config(config()).expect(valid),
+            tokens: TokenTree::with_config(config()).expect(valid),
+            blocks: BlockTree::with_config(config()).expect(valid),
             index: OnceLock::new(),
             publishes: (0..MAX_TENANTS.div_ceil(64))
                 .map(|_| AtomicU64::new(0))
@@ -181,11 +188,11 @@ impl Tables {
         self.models.iter().find(|m| &*m.name == name)
     }
 
-    pub(crate) fn model_or_insert(&mut self, name: &str) -> Arc<ModelState> {
+    pub(crate) fn model_or_insert(&mut self, name: &str, clock: &Clock) -> Arc<ModelState> {
         if let Some(m) = self.model(name) {
             return m.clone();
         }
-        let m = Arc::new(ModelState::new(name));
+        let m = Arc::new(ModelState::new(name, clock));
         self.models.push(m.clone());
         m
     }
