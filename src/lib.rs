@@ -22,6 +22,7 @@ mod policy;
 mod sync;
 mod tenant;
 mod tree;
+pub mod vllm;
 mod worker;
 
 pub use clock::{Clock, ManualClock};
