@@ -10,6 +10,7 @@
 //! `tree` module's files for the protocols and the orderings they rely on.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod block_hash;
 mod clock;
 mod constants;
 mod cow;
@@ -25,6 +26,7 @@ mod tree;
 pub mod vllm;
 mod worker;
 
+pub use block_hash::{BlockHasher, VllmSha256Cbor};
 pub use clock::{Clock, ManualClock};
 pub use error::{IndexError, RouteError, TreeError};
 pub use index::{

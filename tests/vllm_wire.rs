@@ -151,3 +151,38 @@ fn sequence_frames_are_eight_big_endian_bytes() {
     assert_eq!(decode_sequence(&[0xff; 8]), Ok(END_OF_REPLAY));
     assert_eq!(decode_sequence(&[0; 7]), Err(WireError::BadSequence(7)));
 }
+
+/// vLLM's `sha256_cbor` block hashes, as `tests/fixtures/vllm/block_hashes.py` computes them
+/// with cbor2 and hashlib: the router's chain equals the engine's, block for block.
+#[test]
+fn request_block_hashes_match_vllm_sha256_cbor() {
+    use cache_aware_router::{BlockHasher, VllmSha256Cbor};
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vllm/block_hashes.json");
+    let cases: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let cases = cases.as_array().unwrap();
+    assert_eq!(cases.len(), 7);
+    for case in cases {
+        let hasher = VllmSha256Cbor::new(
+            case["block_size"].as_u64().unwrap() as usize,
+            case["seed"].as_str().unwrap(),
+        );
+        let tokens: Vec<u32> = case["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_u64().unwrap() as u32)
+            .collect();
+        let want: Vec<u64> = case["keys"].as_array().unwrap().iter().map(key).collect();
+        assert_eq!(hasher.block_keys(&tokens), want, "{}", case["name"]);
+        // The key is the digest's fold, so an event carrying the digest matches.
+        for (digest, k) in case["digests"].as_array().unwrap().iter().zip(&want) {
+            let bytes: Vec<u8> = (0..32)
+                .map(|i| {
+                    u8::from_str_radix(&digest.as_str().unwrap()[2 * i..2 * i + 2], 16).unwrap()
+                })
+                .collect();
+            assert_eq!(cache_aware_router::fold_hash(&bytes), *k);
+        }
+    }
+}

@@ -78,16 +78,15 @@ pub enum KvEvent {
 }
 
 /// The index key of a block hash given as bytes (vLLM's newer releases send 32-byte digests):
-/// the first eight bytes, big-endian, xor-folded with every following eight (a shorter tail is
-/// zero-padded). Deterministic across processes and releases; two distinct blocks share a key
-/// with probability about 2^-64 per pair, and the cost of a collision is that a match may count
-/// one block as held by the holders of the other.
+/// the bytes read as a big-endian integer, modulo 2^64, i.e. the last eight bytes. That is the
+/// integer vLLM sends for the same block when told to send integers
+/// (`VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES=1`), so both forms of one block share a key.
+/// Deterministic across processes and releases; two distinct blocks share a key with
+/// probability about 2^-64 per pair, and a collision costs a match that counts one block as
+/// held by the holders of the other.
 pub fn fold_hash(bytes: &[u8]) -> u64 {
-    bytes.chunks(8).fold(0, |acc, chunk| {
-        let mut word = [0u8; 8];
-        word[..chunk.len()].copy_from_slice(chunk);
-        acc ^ u64::from_be_bytes(word)
-    })
+    let tail = &bytes[bytes.len().saturating_sub(8)..];
+    tail.iter().fold(0, |acc, b| (acc << 8) | *b as u64)
 }
 
 /// The index key of a block hash given as an integer (vLLM's older releases, and SGLang): its
