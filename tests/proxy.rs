@@ -2,6 +2,12 @@
 //! what they receive, and can be told to fail or to stream slowly) and the proxy, in-process.
 //! Every wait is bounded.
 
+#[path = "../examples/proxy/events.rs"]
+#[allow(unreachable_pub)]
+mod events;
+#[path = "../examples/proxy/keys.rs"]
+#[allow(unreachable_pub)]
+mod keys;
 #[path = "../examples/proxy/server.rs"]
 #[allow(unreachable_pub)]
 mod server;
@@ -134,14 +140,22 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
+    setup_with(3, |_| server::Routing::default()).await
+}
+
+/// `n` mock workers and a proxy routing as `routing(urls)` says.
+async fn setup_with(n: usize, routing: impl FnOnce(&[String]) -> server::Routing) -> Setup {
     let mut urls = Vec::new();
     let mut mocks = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..n {
         let (url, mock) = start_mock().await;
         urls.push(url);
         mocks.push(mock);
     }
-    let state = server::State::new(&urls, "").unwrap();
+    let state = server::State::with_routing(&urls, "", routing(&urls)).unwrap();
+    for stream in &state.streams {
+        tokio::spawn(events::run(state.clone(), stream.clone()));
+    }
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(server::serve(listener, state.clone()));
@@ -457,4 +471,193 @@ async fn bad_requests_get_400_with_a_reason_and_metrics_count() {
         6,
         "bad requests are refused before routing"
     );
+}
+
+/// One vLLM KV event message: topic, sequence number, `[ts, [["BlockStored", keys, nil, [],
+/// 4, nil, "GPU"]]]` with the block hashes as integers (vLLM with
+/// VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES=1).
+fn stored_message(seq: u64, keys: &[u64]) -> zeromq::ZmqMessage {
+    let mut p = vec![0x92, 0xcb];
+    p.extend(1.0f64.to_be_bytes());
+    p.extend([0x91, 0x97, 0xab]);
+    p.extend(b"BlockStored");
+    p.push(0x90 | keys.len() as u8);
+    for k in keys {
+        p.push(0xcf);
+        p.extend(k.to_be_bytes());
+    }
+    p.extend([0xc0, 0x90, 0x04, 0xc0, 0xa3]);
+    p.extend(b"GPU");
+    message(seq, p)
+}
+
+fn message(seq: u64, payload: Vec<u8>) -> zeromq::ZmqMessage {
+    let frames = vec![
+        Bytes::new(),
+        Bytes::from(seq.to_be_bytes().to_vec()),
+        Bytes::from(payload),
+    ];
+    zeromq::ZmqMessage::try_from(frames).unwrap()
+}
+
+/// The proxy subscribes to stand-in vLLM publishers on loopback, one per worker; each says its
+/// worker holds the blocks of a different prompt. Every prompt then goes to the worker whose
+/// events hold it (by luck: 1 in 64), bad frames are counted and the stream goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_follow_the_workers_kv_events() {
+    use cache_aware_router::{BlockHasher, VllmSha256Cbor};
+    use zeromq::{Socket, SocketSend};
+    const WORKERS: usize = 4;
+    let mut publishers = Vec::new();
+    let mut endpoints = Vec::new();
+    for _ in 0..WORKERS {
+        let mut p = zeromq::PubSocket::new();
+        let endpoint = p.bind("tcp://127.0.0.1:0").await.unwrap();
+        endpoints.push(endpoint.to_string());
+        publishers.push(p);
+    }
+    let tokenizer =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer.json");
+    let s = setup_with(WORKERS, |urls| server::Routing {
+        tokenizer: Some(tokenizer),
+        block_size: 4,
+        hash_seed: "0".into(),
+        kv_events: urls
+            .iter()
+            .zip(&endpoints)
+            .map(|(u, e)| format!("{u}={e}"))
+            .collect(),
+    })
+    .await;
+    // Prompt k: 16 words, 4 blocks of 4 tokens ("t{i}" is token i + 1), held by worker k + 1.
+    let hasher = VllmSha256Cbor::new(4, "0");
+    let prompts: Vec<(String, Vec<u64>)> = (0..3)
+        .map(|k| {
+            let words: Vec<usize> = (0..16).map(|i| (k * 16 + i) % 97).collect();
+            let text = words
+                .iter()
+                .map(|w| format!("t{w}"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let ids: Vec<u32> = words.iter().map(|w| *w as u32 + 1).collect();
+            (text, hasher.block_keys(&ids))
+        })
+        .collect();
+    // Publish until each stream has applied an event (a SUB socket joins a little late).
+    let mut seq = vec![0u64; WORKERS];
+    for _round in 0..100 {
+        for (k, (_, keys)) in prompts.iter().enumerate() {
+            let w = k + 1;
+            publishers[w]
+                .send(stored_message(seq[w], keys))
+                .await
+                .unwrap();
+            seq[w] += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let applied = |w: usize| s.state.streams[w].stats.events.load(Ordering::Relaxed);
+        if (1..=3).all(|w| applied(w) > 0) {
+            break;
+        }
+    }
+    for w in 1..=3 {
+        assert!(
+            s.state.streams[w].stats.events.load(Ordering::Relaxed) > 0,
+            "stream {w} applied nothing"
+        );
+    }
+    for (k, (text, _)) in prompts.iter().enumerate() {
+        let (status, _) = s
+            .post("/v1/completions", &completion(&format!("{text} t98 t99")))
+            .await;
+        assert_eq!(status, 200);
+        let got: Vec<usize> = s
+            .mocks
+            .iter()
+            .map(|m| m.received.lock().unwrap().len())
+            .collect();
+        assert_eq!(
+            got[k + 1],
+            1,
+            "prompt {k} went by its events to worker {}: {got:?}",
+            k + 1
+        );
+    }
+    // A frame that does not decode is counted, the worker reset, and the stream goes on.
+    let errors_before = s.state.streams[1].stats.errors.load(Ordering::Relaxed);
+    publishers[1]
+        .send(message(seq[1], vec![0x92, 0xcb, 1]))
+        .await
+        .unwrap();
+    seq[1] += 1;
+    for _ in 0..100 {
+        if s.state.streams[1].stats.errors.load(Ordering::Relaxed) > errors_before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(s.state.streams[1].stats.errors.load(Ordering::Relaxed) > errors_before);
+    let metrics = s.get("/metrics").await;
+    for name in [
+        "router_kv_events_total",
+        "router_kv_event_errors_total",
+        "router_kv_event_resets_total",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
+    let applied = s.state.streams[1].stats.events.load(Ordering::Relaxed);
+    publishers[1]
+        .send(stored_message(seq[1], &prompts[0].1))
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        if s.state.streams[1].stats.events.load(Ordering::Relaxed) > applied {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        s.state.streams[1].stats.events.load(Ordering::Relaxed) > applied,
+        "the stream went on after a bad frame"
+    );
+}
+
+#[test]
+fn kv_events_without_a_tokenizer_or_for_an_unknown_worker_are_refused() {
+    let urls = vec!["http://127.0.0.1:1".to_string()];
+    let events = |spec: &str| server::Routing {
+        kv_events: vec![spec.to_string()],
+        ..Default::default()
+    };
+    let err =
+        server::State::with_routing(&urls, "", events("http://127.0.0.1:1=tcp://127.0.0.1:2"))
+            .err()
+            .unwrap();
+    assert!(err.contains("--tokenizer"), "{err}");
+    let tokenizer =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer.json");
+    let with_tokenizer = |spec: &str| server::Routing {
+        tokenizer: Some(tokenizer.clone()),
+        block_size: 4,
+        ..events(spec)
+    };
+    for (spec, why) in [
+        (
+            "http://other:1=tcp://127.0.0.1:2",
+            "not one of the --worker",
+        ),
+        ("http://127.0.0.1:1", "WORKER_URL=tcp://"),
+        ("http://127.0.0.1:1=udp://x:1", "tcp://HOST:PORT"),
+    ] {
+        let err = server::State::with_routing(&urls, "", with_tokenizer(spec))
+            .err()
+            .unwrap();
+        assert!(err.contains(why), "{spec}: {err}");
+    }
+    let bad = server::Routing {
+        tokenizer: Some("/nonexistent/tokenizer.json".into()),
+        ..Default::default()
+    };
+    let err = server::State::with_routing(&urls, "", bad).err().unwrap();
+    assert!(err.contains("--tokenizer"), "{err}");
 }

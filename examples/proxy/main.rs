@@ -5,8 +5,14 @@
 //!
 //! Accepts `POST /v1/completions`, `/v1/chat/completions` and `/generate`; reports workers at
 //! `GET /workers` and the policy's counters at `GET /metrics` (Prometheus text).
+//!
+//! Requests are routed by their text; with `--tokenizer`, by their token ids; with
+//! `--tokenizer` and `--kv-events WORKER=tcp://HOST:PORT` (each vLLM engine's KV event
+//! stream), by the engines' own block hashes of their tokens, in hybrid mode.
 #![allow(missing_docs)]
 
+mod events;
+mod keys;
 mod server;
 
 use clap::Parser;
@@ -32,6 +38,23 @@ struct Args {
     /// Seconds between health probes of unhealthy workers.
     #[arg(long, default_value_t = 1)]
     probe_secs: u64,
+    /// A Hugging Face tokenizer.json, the engines' tokenizer: route by token ids.
+    #[arg(long)]
+    tokenizer: Option<std::path::PathBuf>,
+    /// `WORKER_URL=tcp://HOST:PORT`: subscribe to that worker's vLLM KV event stream (its
+    /// `--kv-events-config` endpoint) and route by what the engines hold (repeat for each
+    /// worker; needs --tokenizer). Workers without a stream are covered by the router's own
+    /// decisions.
+    #[arg(long = "kv-events")]
+    kv_events: Vec<String>,
+    /// The engines' `--block-size`, in tokens (for block hashes).
+    #[arg(long, default_value_t = 16)]
+    block_size: usize,
+    /// The engines' PYTHONHASHSEED (vLLM seeds its block hash chain with it; without a fixed
+    /// seed on the engines, their hashes cannot be reproduced and hybrid routing falls back on
+    /// the router's own decisions).
+    #[arg(long, default_value = "0")]
+    hash_seed: String,
 }
 
 #[tokio::main]
@@ -45,14 +68,28 @@ async fn main() -> Result<(), String> {
         server::serve_mock(listener).await;
         return Ok(());
     }
-    let state = server::State::new(&args.workers, &args.model)?;
+    if args.block_size == 0 {
+        return Err("--block-size must be at least 1".into());
+    }
+    let routing = server::Routing {
+        tokenizer: args.tokenizer.clone(),
+        block_size: args.block_size,
+        hash_seed: args.hash_seed.clone(),
+        kv_events: args.kv_events.clone(),
+    };
+    let state = server::State::with_routing(&args.workers, &args.model, routing)?;
+    for stream in &state.streams {
+        tokio::spawn(events::run(state.clone(), stream.clone()));
+    }
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     println!(
-        "routing {} workers on http://{}",
+        "routing {} workers by {} on http://{} ({} KV event streams)",
         state.workers.len(),
-        args.listen
+        state.keys.name(),
+        args.listen,
+        state.streams.len()
     );
     tokio::spawn(server::probe(
         state.clone(),

@@ -3,9 +3,12 @@
 //! client goes away. Used by `main.rs` and, in-process, by `tests/proxy.rs`.
 #![allow(dead_code)]
 
+use crate::events::{self, Stream};
+use crate::keys::Keys;
 use bytes::Bytes;
 use cache_aware_router::{
-    BasicWorker, BasicWorkerBuilder, CacheAwareConfig, CacheAwarePolicy, LoadTicket, Worker,
+    BasicWorker, BasicWorkerBuilder, CacheAwareConfig, CacheAwarePolicy, LoadTicket, RoutingMode,
+    Worker,
 };
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming};
@@ -13,6 +16,7 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -35,16 +39,58 @@ pub(crate) struct State {
     /// Models some worker serves (the default first).
     models: Vec<String>,
     pub(crate) model: String,
+    /// What requests are routed by.
+    pub(crate) keys: Keys,
+    /// The workers' KV event streams (`--kv-events`).
+    pub(crate) streams: Vec<Arc<Stream>>,
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
+/// How requests are keyed, beyond their text.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Routing {
+    /// A Hugging Face `tokenizer.json`: route by token ids.
+    pub(crate) tokenizer: Option<PathBuf>,
+    /// The engines' `--block-size` and `PYTHONHASHSEED` (for block hashes).
+    pub(crate) block_size: usize,
+    pub(crate) hash_seed: String,
+    /// `WORKER_URL=tcp://HOST:PORT`: route by the engines' KV events (hybrid mode).
+    pub(crate) kv_events: Vec<String>,
+}
+
 impl State {
-    /// Workers as `URL` (serving `default_model`) or `URL=MODEL`.
+    /// Workers as `URL` (serving `default_model`) or `URL=MODEL`, routed by text.
     pub(crate) fn new(specs: &[String], default_model: &str) -> Result<Arc<Self>, String> {
+        Self::with_routing(specs, default_model, Routing::default())
+    }
+
+    /// Workers as `URL` (serving `default_model`) or `URL=MODEL`, routed as `routing` says.
+    pub(crate) fn with_routing(
+        specs: &[String],
+        default_model: &str,
+        routing: Routing,
+    ) -> Result<Arc<Self>, String> {
+        let keys = match (&routing.tokenizer, routing.kv_events.is_empty()) {
+            (None, true) => Keys::Text,
+            (None, false) => {
+                return Err("--kv-events needs --tokenizer: requests are matched against the engines' block hashes of their tokens".into())
+            }
+            (Some(path), true) => Keys::load(path, None)?,
+            (Some(path), false) => {
+                Keys::load(path, Some((routing.block_size, &routing.hash_seed)))?
+            }
+        };
         // The builder's default rule: the lowest estimated time to first token, fitted to the
-        // first tokens this proxy reports.
+        // first tokens this proxy reports. With events, hybrid: the events, and the router's
+        // own recent decisions for what they have not reported yet.
+        let mode = if routing.kv_events.is_empty() {
+            RoutingMode::Approximate
+        } else {
+            RoutingMode::Hybrid
+        };
         let policy = CacheAwarePolicy::builder()
             .config(CacheAwareConfig::default())
+            .mode(mode)
             .build()
             .map_err(|e| e.to_string())?;
         let mut workers = Vec::new();
@@ -64,6 +110,21 @@ impl State {
             }
             workers.push(w);
         }
+        let mut streams = Vec::new();
+        for spec in &routing.kv_events {
+            let (url, endpoint) = events::parse(spec)?;
+            let Some(w) = workers.iter().find(|w| w.url() == url) else {
+                return Err(format!(
+                    "--kv-events {spec:?}: {url} is not one of the --worker URLs"
+                ));
+            };
+            streams.push(Arc::new(Stream {
+                worker: url,
+                model: w.model_id().to_string(),
+                endpoint,
+                stats: Default::default(),
+            }));
+        }
         Ok(Arc::new(Self {
             route_ns: AtomicU64::new(0),
             routes: AtomicU64::new(0),
@@ -71,6 +132,8 @@ impl State {
             workers,
             models,
             model: default_model.to_string(),
+            keys,
+            streams,
             client: Client::builder(TokioExecutor::new()).build_http(),
         }))
     }
@@ -248,6 +311,45 @@ fn metrics(state: &State) -> Response<ProxyBody> {
          # TYPE router_routes_total counter\nrouter_routes_total {n}\n",
         ns as f64 / 1e9
     ));
+    for (name, help, get) in [
+        (
+            "router_kv_event_batches_total",
+            "KV event batches applied, per worker stream.",
+            (|s: &events::Stats| s.batches.load(Ordering::Relaxed)) as fn(&events::Stats) -> u64,
+        ),
+        (
+            "router_kv_events_total",
+            "KV events applied, per worker stream.",
+            |s| s.events.load(Ordering::Relaxed),
+        ),
+        (
+            "router_kv_events_skipped_total",
+            "KV events of unknown kinds skipped, per worker stream.",
+            |s| s.skipped.load(Ordering::Relaxed),
+        ),
+        (
+            "router_kv_event_errors_total",
+            "KV event frames that did not decode, and events refused, per worker stream.",
+            |s| s.errors.load(Ordering::Relaxed),
+        ),
+        (
+            "router_kv_event_resets_total",
+            "Workers reset to holding nothing (gaps, restarts, bad frames, reconnections).",
+            |s| s.resets.load(Ordering::Relaxed),
+        ),
+    ] {
+        if state.streams.is_empty() {
+            break;
+        }
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
+        for s in &state.streams {
+            out.push_str(&format!(
+                "{name}{{worker=\"{}\"}} {}\n",
+                s.worker,
+                get(&s.stats)
+            ));
+        }
+    }
     out.push_str(
         "# HELP router_tree_chars Chars cached per model tree.\n# TYPE router_tree_chars gauge\n",
     );
@@ -381,7 +483,9 @@ async fn proxy(req: Request<Incoming>, state: Arc<State>) -> Response<ProxyBody>
     // One retry on another worker if the first refuses the connection or answers 5xx.
     for _attempt in 0..2 {
         let started = Instant::now();
-        let routed = state.policy.route(state.model_for(&json), &text);
+        let routed = state
+            .keys
+            .route(&state.policy, state.model_for(&json), &text);
         state
             .route_ns
             .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
