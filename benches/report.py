@@ -61,7 +61,7 @@ def tree():
     print("|---|---|---|---|---|---|---|")
     sizes = {"1KB": 1 << 10, "64KB": 64 << 10, "1MB": 1 << 20}
     for size in ["1KB", "64KB", "1MB"]:
-        for kind in ["ascii", "utf8"]:
+        for kind in ["ascii", "utf8", "tokens", "tokens16"]:
             g = f"long_{size}_{kind}"
             fl, m, i = (median_ns(g, f) for f in ("floor", "match", "insert_new"))
             if None in (fl, m, i):

@@ -2,6 +2,10 @@
 //! ASCII and multi-byte), next to the floor: comparing the prompt with an equal copy (`a == b`),
 //! i.e. reading it once. Criterion reports bytes/s; the ratio to `floor` is what travels.
 //!
+//! The same for token-id keys (`TokenTree`, prompts of 256, 16 K and 256 K `u32` tokens: the same
+//! bytes), next to the floor of comparing the same `u32` slices: as one leaf, and split over 16
+//! nodes by 16 other prompts branching off it along the way.
+//!
 //! Also the bare tree under mixed load: 70/30 and 50/50 match/insert mixes on 1 and 2 threads,
 //! ours vs the seed's tree (`benches/baseline`), over the shared-prefix prompts.
 //!
@@ -12,7 +16,7 @@
 mod baseline;
 mod support;
 
-use cache_aware_router::Tree;
+use cache_aware_router::{TokenTree, Tree};
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use std::time::Duration;
 use support::{shared_prefix, timed, timed_threads, Rng};
@@ -157,12 +161,65 @@ fn long_prompts(c: &mut Criterion) {
     }
 }
 
+fn token_prompt(tokens: usize, seed: u32) -> Vec<u32> {
+    let mut x = seed;
+    (0..tokens)
+        .map(|_| {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            x >> 8
+        })
+        .collect()
+}
+
+fn long_token_prompts(c: &mut Criterion) {
+    for (name, bytes) in [("1KB", 1 << 10), ("64KB", 64 << 10), ("1MB", 1 << 20)] {
+        let tokens = bytes / 4;
+        let prompt = token_prompt(tokens, 7);
+        let copy = prompt.clone();
+        for nodes in [1, 16] {
+            let kind = if nodes == 1 { "tokens" } else { "tokens16" };
+            let mut g = c.benchmark_group(format!("long/{name}/{kind}"));
+            g.throughput(Throughput::Bytes(bytes as u64));
+            g.bench_function("floor", |b| {
+                b.iter(|| black_box(black_box(&prompt[..]) == black_box(&copy[..])))
+            });
+            let tree = TokenTree::new();
+            let w = tree.tenant_id("w").unwrap();
+            tree.insert_for(&prompt, w).unwrap();
+            // Prompts branching off at 1/16, 2/16, ...: the prompt's path crosses 16 nodes.
+            for i in 1..nodes {
+                let mut other = prompt[..tokens * i / nodes].to_vec();
+                other.extend(token_prompt(8, 1000 + i as u32));
+                tree.insert_for(&other, w).unwrap();
+            }
+            assert_eq!(tree.match_counts(&copy).matched, tokens);
+            g.bench_function("match", |b| {
+                b.iter(|| black_box(tree.match_counts(black_box(&copy))))
+            });
+            g.bench_function("match_and_insert_hit", |b| {
+                b.iter(|| black_box(tree.match_and_insert(black_box(&copy), |_, _| Some(w))))
+            });
+            g.bench_function("insert_new", |b| {
+                b.iter_batched(
+                    TokenTree::new,
+                    |fresh| {
+                        fresh.insert(black_box(&copy), "w");
+                        fresh
+                    },
+                    BatchSize::LargeInput,
+                )
+            });
+            g.finish();
+        }
+    }
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .sample_size(20)
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(1));
-    targets = long_prompts, bare_tree_mixes
+    targets = long_prompts, long_token_prompts, bare_tree_mixes
 }
 criterion_main!(benches);

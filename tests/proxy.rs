@@ -544,7 +544,7 @@ async fn requests_follow_the_workers_kv_events() {
         })
         .collect();
     // Publish until each stream has applied an event (a SUB socket joins a little late).
-    let mut seq = vec![0u64; WORKERS];
+    let mut seq = [0u64; WORKERS];
     for _round in 0..100 {
         for (k, (_, keys)) in prompts.iter().enumerate() {
             let w = k + 1;
