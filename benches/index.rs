@@ -12,9 +12,10 @@
 //! - the whole stream (matches, stores, removes) in block operations per second: ours, a
 //!   worker -> set of blocks baseline, a block -> set of workers baseline (both std `HashMap`s
 //!   with a multiplicative hasher and no synchronisation at all, which a shared index would
-//!   need), and the floor (reading every block key of the stream once);
+//!   need), the latter behind the `RwLock` that sharing it would take, and the floor (reading
+//!   every block key of the stream once);
 //! - the latency of 100-block matches at 8 workers (per call, `Instant` around it), idle and
-//!   while a second thread streams the events in;
+//!   while a second thread streams the events in, for ours and the `RwLock` baseline;
 //! - memory per stored block and per (worker, block) pair.
 //!
 //! `cargo bench --bench index` (env: `BENCH_PASSES` replays of the stream, default 5;
@@ -29,6 +30,7 @@ use hdrhistogram::Histogram;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::RwLock;
 use std::time::{Duration, Instant};
 use support::{env, mooncake_ids};
 
@@ -215,8 +217,8 @@ impl Engine for WorkerSets {
 #[derive(Default)]
 struct BlockSets(HashMap<u64, u64, Fast>);
 
-impl Engine for BlockSets {
-    fn matched(&mut self, blocks: &[u64]) -> usize {
+impl BlockSets {
+    fn depth(&self, blocks: &[u64]) -> usize {
         let mut running = u64::MAX;
         let mut depth = 0;
         for b in blocks {
@@ -227,6 +229,12 @@ impl Engine for BlockSets {
             depth += 1;
         }
         depth
+    }
+}
+
+impl Engine for BlockSets {
+    fn matched(&mut self, blocks: &[u64]) -> usize {
+        self.depth(blocks)
     }
     fn apply(&mut self, worker: usize, event: &KvEvent) {
         let bit = 1u64 << worker;
@@ -251,6 +259,45 @@ impl Engine for BlockSets {
                 *m != 0
             }),
         }
+    }
+}
+
+/// Baseline 2 shared: behind a `RwLock` (matches read, events write).
+#[derive(Default)]
+struct Locked(RwLock<BlockSets>);
+
+/// An index shared between a thread that matches and one that applies events.
+trait Shared: Sync {
+    fn depth(&self, blocks: &[u64]) -> usize;
+    fn apply_shared(&self, worker: usize, event: &KvEvent);
+}
+
+impl Shared for KvIndex {
+    fn depth(&self, blocks: &[u64]) -> usize {
+        let mut best = 0;
+        self.overlaps(blocks, |_, n| best = best.max(n));
+        best
+    }
+    fn apply_shared(&self, worker: usize, event: &KvEvent) {
+        self.apply(worker, event).expect("worker in range");
+    }
+}
+
+impl Shared for Locked {
+    fn depth(&self, blocks: &[u64]) -> usize {
+        self.0.read().unwrap().depth(blocks)
+    }
+    fn apply_shared(&self, worker: usize, event: &KvEvent) {
+        self.0.write().unwrap().apply(worker, event);
+    }
+}
+
+impl Engine for Locked {
+    fn matched(&mut self, blocks: &[u64]) -> usize {
+        Shared::depth(self, blocks)
+    }
+    fn apply(&mut self, worker: usize, event: &KvEvent) {
+        self.apply_shared(worker, event);
     }
 }
 
@@ -328,7 +375,7 @@ fn index() -> KvIndex {
 /// Latency of 100-block matches, per call, on one thread, while `stream` streams the events
 /// into the index on another thread (or idle).
 fn latencies(
-    index: &KvIndex,
+    index: &dyn Shared,
     queries: &[Vec<u64>],
     ops: &[Op],
     stream: bool,
@@ -343,7 +390,7 @@ fn latencies(
                 while !stop.load(Ordering::Relaxed) {
                     for op in ops {
                         if let Op::Event(w, e) = op {
-                            index.apply(*w, e).expect("worker in range");
+                            index.apply_shared(*w, e);
                             n += 1;
                         }
                     }
@@ -355,9 +402,7 @@ fn latencies(
         while start.elapsed() < Duration::from_secs(env("BENCH_LATENCY_SECS", 2) as u64) {
             for q in queries {
                 let t = Instant::now();
-                index.overlaps(std::hint::black_box(q), |w, n| {
-                    std::hint::black_box((w, n));
-                });
+                std::hint::black_box(index.depth(std::hint::black_box(q)));
                 h.record(t.elapsed().as_nanos() as u64).unwrap();
             }
         }
@@ -388,6 +433,7 @@ fn main() {
         passes,
     );
     let (per_block, _) = replay(BlockSets::default, &ops, passes);
+    let (locked, _) = replay(Locked::default, &ops, passes);
     let floor = floor(&ops, passes);
     let mops = |d: Duration| total as f64 / d.as_secs_f64() / 1e6;
     println!("\n## Whole stream, one core: {total} block operations (matched + stored + removed)");
@@ -397,6 +443,7 @@ fn main() {
         ("ours (KvIndex)", ours),
         ("baseline: worker -> set of blocks", per_worker),
         ("baseline: block -> set of workers", per_block),
+        ("baseline: block -> set of workers, behind a RwLock", locked),
         ("floor: each block key read once", floor),
     ] {
         println!(
@@ -431,41 +478,28 @@ fn main() {
     );
     println!("| scenario | p50 | p99 | p99.9 | max | events applied meanwhile |");
     println!("|---|---|---|---|---|---|");
-    for (name, stream) in [
-        ("idle", false),
-        ("events streaming in (1 writer thread)", true),
-    ] {
-        let (h, applied) = latencies(&idx, &queries, &ops, stream);
-        println!(
-            "| {name} | {} ns | {} ns | {} ns | {} ns | {applied} |",
-            h.value_at_quantile(0.5),
-            h.value_at_quantile(0.99),
-            h.value_at_quantile(0.999),
-            h.max()
-        );
-    }
-    let mut base = BlockSets::default();
+    let locked = Locked::default();
     for op in &ops {
         if let Op::Event(w, e) = op {
-            base.apply(*w, e);
+            locked.apply_shared(*w, e);
         }
     }
-    let mut h = Histogram::<u64>::new(3).unwrap();
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(env("BENCH_LATENCY_SECS", 2) as u64) {
-        for q in &queries {
-            let t = Instant::now();
-            std::hint::black_box(base.matched(std::hint::black_box(q)));
-            h.record(t.elapsed().as_nanos() as u64).unwrap();
+    let engines: [(&str, &dyn Shared); 2] = [("ours", &idx), ("baseline behind a RwLock", &locked)];
+    for (engine, shared) in engines {
+        for (scenario, stream) in [
+            ("idle", false),
+            ("events streaming in (1 writer thread)", true),
+        ] {
+            let (h, applied) = latencies(shared, &queries, &ops, stream);
+            println!(
+                "| {engine}, {scenario} | {} ns | {} ns | {} ns | {} ns | {applied} |",
+                h.value_at_quantile(0.5),
+                h.value_at_quantile(0.99),
+                h.value_at_quantile(0.999),
+                h.max()
+            );
         }
     }
-    println!(
-        "| baseline: block -> set of workers, idle, no synchronisation | {} ns | {} ns | {} ns | {} ns | 0 |",
-        h.value_at_quantile(0.5),
-        h.value_at_quantile(0.99),
-        h.value_at_quantile(0.999),
-        h.max()
-    );
     let floor_call = {
         let mut h = Histogram::<u64>::new(3).unwrap();
         for _ in 0..1000 {
