@@ -16,8 +16,11 @@
 mod baseline;
 mod support;
 
-use cache_aware_router::{TokenTree, Tree};
-use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use cache_aware_router::{KeyUnit, KeyedTree, TokenTree, Tree};
+use criterion::measurement::WallTime;
+use criterion::{
+    black_box, criterion_group, criterion_main, BatchSize, BenchmarkGroup, Criterion, Throughput,
+};
 use std::time::Duration;
 use support::{shared_prefix, timed, timed_threads, Rng};
 
@@ -138,27 +141,33 @@ fn long_prompts(c: &mut Criterion) {
                 b.iter(|| black_box(black_box(text.as_bytes()) == black_box(copy.as_bytes())))
             });
             let tree = Tree::new();
-            let w = tree.tenant_id("w").unwrap();
             tree.insert(&text, "w");
-            g.bench_function("match", |b| {
-                b.iter(|| black_box(tree.match_counts(black_box(&copy))))
-            });
-            g.bench_function("match_and_insert_hit", |b| {
-                b.iter(|| black_box(tree.match_and_insert(black_box(&copy), |_, _| Some(w))))
-            });
-            g.bench_function("insert_new", |b| {
-                b.iter_batched(
-                    Tree::new,
-                    |fresh| {
-                        fresh.insert(black_box(&copy), "w");
-                        fresh
-                    },
-                    BatchSize::LargeInput,
-                )
-            });
+            key_ops(&mut g, &tree, copy.as_str());
             g.finish();
         }
     }
+}
+
+/// `match`, `match_and_insert_hit` (for tenant "w") and `insert_new` (into a fresh tree) of
+/// `key`, which `tree` holds.
+fn key_ops<K: KeyUnit>(g: &mut BenchmarkGroup<'_, WallTime>, tree: &KeyedTree<K>, key: &K::Key) {
+    let w = tree.tenant_id("w").unwrap();
+    g.bench_function("match", |b| {
+        b.iter(|| black_box(tree.match_counts(black_box(key))))
+    });
+    g.bench_function("match_and_insert_hit", |b| {
+        b.iter(|| black_box(tree.match_and_insert(black_box(key), |_, _| Some(w))))
+    });
+    g.bench_function("insert_new", |b| {
+        b.iter_batched(
+            KeyedTree::<K>::new,
+            |fresh| {
+                fresh.insert(black_box(key), "w");
+                fresh
+            },
+            BatchSize::LargeInput,
+        )
+    });
 }
 
 fn token_prompt(tokens: usize, seed: u32) -> Vec<u32> {
@@ -193,22 +202,7 @@ fn long_token_prompts(c: &mut Criterion) {
                 tree.insert_for(&other, w).unwrap();
             }
             assert_eq!(tree.match_counts(&copy).matched, tokens);
-            g.bench_function("match", |b| {
-                b.iter(|| black_box(tree.match_counts(black_box(&copy))))
-            });
-            g.bench_function("match_and_insert_hit", |b| {
-                b.iter(|| black_box(tree.match_and_insert(black_box(&copy), |_, _| Some(w))))
-            });
-            g.bench_function("insert_new", |b| {
-                b.iter_batched(
-                    TokenTree::new,
-                    |fresh| {
-                        fresh.insert(black_box(&copy), "w");
-                        fresh
-                    },
-                    BatchSize::LargeInput,
-                )
-            });
+            key_ops(&mut g, &tree, &copy[..]);
             g.finish();
         }
     }

@@ -15,6 +15,17 @@ fn overlaps(index: &KvIndex, blocks: &[u64]) -> BTreeMap<usize, usize> {
     out
 }
 
+/// An index of two workers in one shard (4 slots under loom).
+fn index() -> Arc<KvIndex> {
+    Arc::new(
+        KvIndex::with_config(KvIndexConfig {
+            max_workers: 2,
+            shards: 1,
+        })
+        .unwrap(),
+    )
+}
+
 fn stored(blocks: &[u64]) -> KvEvent {
     KvEvent::Stored {
         parent: None,
@@ -30,13 +41,7 @@ fn stored(blocks: &[u64]) -> KvEvent {
 #[test]
 fn a_rebuild_racing_a_match_loses_nothing() {
     loom::model(|| {
-        let index = Arc::new(
-            KvIndex::with_config(KvIndexConfig {
-                max_workers: 2,
-                shards: 1,
-            })
-            .unwrap(),
-        );
+        let index = index();
         index.apply(1, &stored(&[10, 11, 12])).unwrap();
         index
             .apply(
@@ -71,13 +76,7 @@ fn a_rebuild_racing_a_match_loses_nothing() {
 #[test]
 fn two_writers_on_one_block_keep_their_own_bits() {
     loom::model(|| {
-        let index = Arc::new(
-            KvIndex::with_config(KvIndexConfig {
-                max_workers: 2,
-                shards: 1,
-            })
-            .unwrap(),
-        );
+        let index = index();
         index.apply(1, &stored(&[7])).unwrap();
         let a = {
             let index = index.clone();

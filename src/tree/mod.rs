@@ -306,16 +306,17 @@ impl<K: KeyUnit> KeyedTree<K> {
     /// Records `key` for tenant `id`.
     pub fn insert_for(&self, key: &K::Key, id: TenantId) -> Result<(), TreeError> {
         self.engine.registry.check(id)?;
-        let guard = epoch::pin();
         self.engine.registry.set_live(id, true);
-        self.engine.extend(
-            K::bytes(key),
-            id,
-            self.engine.clock.now(),
-            Hint::default(),
-            &guard,
-        );
+        self.record(key, id);
         Ok(())
+    }
+
+    /// Records `key` for `id`, an id this tree issued, now.
+    fn record(&self, key: &K::Key, id: TenantId) {
+        let guard = epoch::pin();
+        let now = self.engine.clock.now();
+        self.engine
+            .extend(K::bytes(key), id, now, Hint::default(), &guard);
     }
 
     /// Match counts for `key` without recording anything or refreshing any tick.
@@ -398,14 +399,7 @@ impl<K: KeyUnit> KeyedTree<K> {
     /// use [`KeyedTree::tenant_id`], which returns the error.
     pub fn insert(&self, key: &K::Key, tenant: &str) {
         if let Ok(id) = self.tenant_id(tenant) {
-            let guard = epoch::pin();
-            self.engine.extend(
-                K::bytes(key),
-                id,
-                self.engine.clock.now(),
-                Hint::default(),
-                &guard,
-            );
+            self.record(key, id);
         }
     }
 
