@@ -119,3 +119,34 @@ impl fmt::Display for IndexError {
 }
 
 impl std::error::Error for IndexError {}
+
+/// Why a replica event could not be applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncError {
+    /// An event for a model this replica has no worker of.
+    UnknownModel(String),
+    /// An event for a worker this replica does not know under that model.
+    UnknownWorker {
+        /// The model.
+        model: String,
+        /// The worker's URL.
+        url: String,
+    },
+}
+
+impl fmt::Display for SyncError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SyncError::UnknownModel(m) => write!(
+                f,
+                "replica event for model {m:?}, which has no worker here: register the same workers on every replica"
+            ),
+            SyncError::UnknownWorker { model, url } => write!(
+                f,
+                "replica event for {url:?} of model {model:?}, not registered here: register the same workers on every replica"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SyncError {}

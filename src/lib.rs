@@ -20,6 +20,7 @@ mod evictor;
 mod index;
 mod metrics;
 mod policy;
+pub mod replica;
 mod sync;
 mod tenant;
 mod tree;
@@ -28,7 +29,7 @@ mod worker;
 
 pub use block_hash::{BlockHasher, VllmSha256Cbor};
 pub use clock::{Clock, ManualClock};
-pub use error::{IndexError, RouteError, TreeError};
+pub use error::{IndexError, RouteError, SyncError, TreeError};
 pub use index::{
     fold_hash, fold_hash_int, KvEvent, KvIndex, KvIndexConfig, KvIndexStats, MAX_INDEX_WORKERS,
 };
@@ -42,7 +43,9 @@ pub use tree::{
     BlockTree, Blocks, EvictionStats, Holders, KeyUnit, KeyedTree, MatchCounts, MatchOutcome, Text,
     TokenTree, Tokens, Tree, TreeConfig,
 };
-pub use worker::{BasicWorker, BasicWorkerBuilder, LoadTicket, WorkCounters, Worker, WorkerType};
+pub use worker::{
+    BasicWorker, BasicWorkerBuilder, LoadTicket, PeerWork, WorkCounters, Worker, WorkerType,
+};
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

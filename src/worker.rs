@@ -17,6 +17,11 @@
 //! tickets hold, and nothing is published through them. The first token is taken once by an
 //! atomic swap of the ticket's flag, so two threads reporting it at once move the work once
 //! (loom model `work_counters_with_first_token_and_drop_racing`).
+//!
+//! **Peer work** ([`PeerWork`]): with several router replicas in front of one fleet, each
+//! replica's tickets count only its own requests. What the other replicas report is set as a
+//! whole (`Worker::set_peer_work`, by the replica sync) and added to `load()` and the work
+//! counters' readings, so the rules see the fleet's work. `Relaxed`: a hint like the rest.
 
 use crate::estimate::TtftModel;
 use crate::metrics::StripedCounter;
@@ -69,25 +74,42 @@ pub trait Worker: Send + Sync + fmt::Debug {
     fn work(&self) -> Option<&WorkCounters> {
         None
     }
+    /// What the other router replicas have outstanding on this worker, summed over them;
+    /// `load()` and `work()` include it from now on. The default ignores it.
+    fn set_peer_work(&self, _work: PeerWork) {}
 }
 
-/// The work outstanding on one worker, kept by the load tickets of the native API.
+/// Work other router replicas have outstanding on a worker (see `Worker::set_peer_work`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeerWork {
+    /// Requests in flight.
+    pub in_flight: usize,
+    /// Prompt units routed and not past their first token.
+    pub queued_prefill: usize,
+    /// Requests decoding.
+    pub decoding: usize,
+}
+
+/// The work outstanding on one worker, kept by the load tickets of the native API (plus what
+/// other router replicas report, if any).
 #[derive(Debug, Default)]
 pub struct WorkCounters {
     queued_prefill: AtomicUsize,
     decoding: AtomicUsize,
+    peer_prefill: AtomicUsize,
+    peer_decoding: AtomicUsize,
 }
 
 impl WorkCounters {
     /// Prompt chars of requests routed here that have not had their first token: prefill
     /// still queued or running.
     pub fn queued_prefill(&self) -> usize {
-        self.queued_prefill.load(Ordering::Relaxed)
+        self.queued_prefill.load(Ordering::Relaxed) + self.peer_prefill.load(Ordering::Relaxed)
     }
 
     /// Requests past their first token and not yet finished: decoding.
     pub fn decoding(&self) -> usize {
-        self.decoding.load(Ordering::Relaxed)
+        self.decoding.load(Ordering::Relaxed) + self.peer_decoding.load(Ordering::Relaxed)
     }
 }
 
@@ -98,6 +120,8 @@ pub struct BasicWorker {
     worker_type: WorkerType,
     api_key: Option<String>,
     load: AtomicUsize,
+    /// In flight from other router replicas (`set_peer_work`).
+    peer_load: AtomicUsize,
     healthy: AtomicBool,
     /// Bumped on every request routed here, by whichever thread routed it: striped over
     /// cache-padded cells (as one shared cell, a contended read-modify-write per request whose
@@ -125,7 +149,7 @@ impl Worker for BasicWorker {
         self.worker_type
     }
     fn load(&self) -> usize {
-        self.load.load(Ordering::Relaxed)
+        self.load.load(Ordering::Relaxed) + self.peer_load.load(Ordering::Relaxed)
     }
     fn increment_load(&self) {
         self.load.fetch_add(1, Ordering::Relaxed);
@@ -149,6 +173,15 @@ impl Worker for BasicWorker {
     }
     fn work(&self) -> Option<&WorkCounters> {
         Some(&self.work)
+    }
+    fn set_peer_work(&self, work: PeerWork) {
+        self.peer_load.store(work.in_flight, Ordering::Relaxed);
+        self.work
+            .peer_prefill
+            .store(work.queued_prefill, Ordering::Relaxed);
+        self.work
+            .peer_decoding
+            .store(work.decoding, Ordering::Relaxed);
     }
 }
 
@@ -211,6 +244,7 @@ impl BasicWorkerBuilder {
             worker_type: self.worker_type,
             api_key: self.api_key,
             load: AtomicUsize::new(0),
+            peer_load: AtomicUsize::new(0),
             healthy: AtomicBool::new(true),
             processed: StripedCounter::new(),
             work: WorkCounters::default(),

@@ -381,6 +381,93 @@ fn kv_events_for_unknown_models_or_workers_are_errors() {
 }
 
 #[test]
+fn replicas_learn_each_others_decisions_and_work() {
+    use cache_aware_router::replica::{ReplicaEvent, ReplicaMessage};
+    use cache_aware_router::{PeerWork, SyncError};
+    let make = || {
+        let policy = CacheAwarePolicy::builder()
+            .config(no_evictor())
+            .selection(SelectionRule::Threshold)
+            .build()
+            .unwrap();
+        let ws = workers(3, "m");
+        for w in &ws {
+            policy.register_worker(w.clone()).unwrap();
+        }
+        (policy, ws)
+    };
+    let (a, _) = make();
+    let (b, b_workers) = make();
+    let keys = [11u64, 12, 13, 14];
+    let routed = a.route_blocks("m", &keys).unwrap();
+    let message = |seq, event| ReplicaMessage {
+        origin: "a".into(),
+        seq,
+        event,
+    };
+    let decision = message(
+        1,
+        ReplicaEvent::Routed {
+            model: "m".into(),
+            worker: routed.url().to_string(),
+            keys: keys.to_vec(),
+        },
+    );
+    // Through the wire format, as a transport would carry it.
+    let decision = ReplicaMessage::decode(&decision.encode().unwrap()).unwrap();
+    b.apply_replica(&decision).unwrap();
+    let t = b.route_blocks("m", &[11, 12, 13, 14, 15]).unwrap();
+    assert_eq!((t.url(), t.cache_hit()), (routed.url(), true));
+    drop(t);
+    // A's work on its worker counts in B's view of the load.
+    let work = |n| {
+        message(
+            2,
+            ReplicaEvent::Work {
+                model: "m".into(),
+                worker: routed.url().to_string(),
+                work: PeerWork {
+                    in_flight: n,
+                    queued_prefill: 0,
+                    decoding: 0,
+                },
+            },
+        )
+    };
+    b.apply_replica(&work(100)).unwrap();
+    let w = b_workers.iter().find(|w| w.url() == routed.url()).unwrap();
+    assert_eq!(w.load(), 100);
+    // Imbalanced now: B sends even the cached prompt elsewhere.
+    assert_ne!(b.route_blocks("m", &keys).unwrap().url(), routed.url());
+    b.apply_replica(&work(0)).unwrap();
+    assert_eq!(w.load(), 0);
+    let stray = ReplicaMessage {
+        event: ReplicaEvent::Routed {
+            model: "m".into(),
+            worker: "http://nowhere".into(),
+            keys: vec![1],
+        },
+        ..decision.clone()
+    };
+    assert!(matches!(
+        b.apply_replica(&stray),
+        Err(SyncError::UnknownWorker { .. })
+    ));
+    let other_model = ReplicaMessage {
+        event: ReplicaEvent::Routed {
+            model: "x".into(),
+            worker: routed.url().to_string(),
+            keys: vec![1],
+        },
+        ..decision
+    };
+    assert_eq!(
+        b.apply_replica(&other_model),
+        Err(SyncError::UnknownModel("x".into()))
+    );
+}
+
+#[test]
 fn the_native_ticket_holds_load_until_dropped() {
     let policy = CacheAwarePolicy::with_config(no_evictor());
     let ws = workers(2, "m");

@@ -21,10 +21,11 @@ use super::rules::{fill_one, Estimate, Filled, Rules};
 use super::LoadBalancingPolicy;
 use crate::clock::Clock;
 use crate::cow::CowCell;
-use crate::error::{IndexError, RouteError};
+use crate::error::{IndexError, RouteError, SyncError};
 use crate::evictor::{Evictor, Housekeeper};
 use crate::index::{KvEvent, MAX_INDEX_WORKERS};
 use crate::metrics::{Counters, MetricsSnapshot, WorkerStats};
+use crate::replica::{PeerWorkTable, ReplicaEvent, ReplicaMessage};
 use crate::sync::{AtomicU64, Ordering};
 use crate::tenant::TenantId;
 use crate::tree::{Blocks, EvictionStats, KeyUnit, KeyedTree, MatchCounts, Text, Tokens};
@@ -154,6 +155,7 @@ impl CacheAwarePolicyBuilder {
             hybrid_window_ms: self.hybrid_window.as_millis() as u64,
             index_workers: self.index_workers,
             clock: self.clock,
+            peer_work: Default::default(),
         });
         let evictor = if interval > 0 {
             let target: Arc<dyn Housekeeper> = shared.clone();
@@ -181,6 +183,8 @@ struct Shared {
     hybrid_window_ms: u64,
     index_workers: usize,
     clock: Clock,
+    /// Other replicas' latest work snapshots (`apply_replica`).
+    peer_work: std::sync::Mutex<PeerWorkTable>,
 }
 
 thread_local! {
@@ -627,6 +631,50 @@ impl CacheAwarePolicy {
         m.index(self.shared.index_workers)?
             .apply(tenant.index(), event)?;
         m.set_publishes(tenant);
+        Ok(())
+    }
+
+    /// Applies another replica's event: a routed request's block keys are recorded for its
+    /// worker in the model's block tree (as if this replica had routed it: `route_blocks` then
+    /// finds them), a work snapshot is summed with the other replicas' latest into the
+    /// worker's peer work (`Worker::set_peer_work`). Replicas must register the same workers.
+    pub fn apply_replica(&self, message: &ReplicaMessage) -> Result<(), SyncError> {
+        let (model, worker) = match &message.event {
+            ReplicaEvent::Routed { model, worker, .. }
+            | ReplicaEvent::Work { model, worker, .. } => (tree_key(model), worker.as_str()),
+        };
+        let guard = epoch::pin();
+        let tables = self.shared.tables.load(&guard);
+        let m = tables
+            .model(model)
+            .ok_or_else(|| SyncError::UnknownModel(model.to_string()))?;
+        let unknown = || SyncError::UnknownWorker {
+            model: model.to_string(),
+            url: worker.to_string(),
+        };
+        let tenant = m.tree.lookup_tenant(worker).ok_or_else(unknown)?;
+        match &message.event {
+            ReplicaEvent::Routed { keys, .. } => {
+                m.blocks.insert_for(keys, tenant).map_err(|_| unknown())?;
+                if let Some(stats) = self.shared.budget.after_insert(&m.blocks) {
+                    self.shared.record(stats);
+                }
+            }
+            ReplicaEvent::Work { work, .. } => {
+                let sum = self
+                    .shared
+                    .peer_work
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .record(&message.origin, model, worker, *work);
+                let list = tables.native_of(m);
+                let r = list
+                    .iter()
+                    .find(|r| r.tenant == tenant)
+                    .ok_or_else(unknown)?;
+                r.worker.set_peer_work(sum);
+            }
+        }
         Ok(())
     }
 
