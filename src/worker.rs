@@ -136,6 +136,16 @@ impl BasicWorker {
     pub fn api_key(&self) -> Option<&str> {
         self.api_key.as_deref()
     }
+
+    /// This replica's own work here, without what other replicas reported: what it tells
+    /// them (`replica::ReplicaEvent::Work`).
+    pub fn own_work(&self) -> PeerWork {
+        PeerWork {
+            in_flight: self.load.load(Ordering::Relaxed),
+            queued_prefill: self.work.queued_prefill.load(Ordering::Relaxed),
+            decoding: self.work.decoding.load(Ordering::Relaxed),
+        }
+    }
 }
 
 impl Worker for BasicWorker {

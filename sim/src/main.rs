@@ -10,6 +10,7 @@ mod batched;
 mod cache;
 mod model;
 mod plot;
+mod replicas;
 mod report;
 mod trace;
 
@@ -62,7 +63,8 @@ struct Args {
     /// cache-aware-cost (cost-aware choice: queued work + unmatched prefill), cache-aware-ttft
     /// (lowest estimated time to first token, its costs fitted to the first tokens), precise
     /// (the TTFT rule on the workers' KV cache events only, the prompt as block hashes), hybrid
-    /// (the events plus its own recent decisions), round-robin,
+    /// (the events plus its own recent decisions), replicated (several router replicas: see
+    /// --replicas; not in the default list), round-robin,
     /// random, power-of-two, least-load, prefix-hash (consistent hashing on the first block,
     /// bounded load), oracle (exact caches and queues: lowest modelled TTFT). Default: all.
     #[arg(long, value_delimiter = ',')]
@@ -81,6 +83,20 @@ struct Args {
     /// delay, as "precise @10ms" and so on.
     #[arg(long, value_delimiter = ',', default_value = "0")]
     event_delay_ms: Vec<f64>,
+    /// The replicated policy: router replicas that requests are spread over round-robin (as an
+    /// L4 load balancer does), each its own policy (the TTFT rule on the prompt's block ids)
+    /// with its own view of the load. Several values, comma-separated, run it once per count.
+    #[arg(long, value_delimiter = ',', default_value = "4")]
+    replicas: Vec<usize>,
+    /// The replicated policy: how replicas share what they learn: none (independent trees and
+    /// loads), stream (each applies the others' decisions and work snapshots --sync-delay-ms
+    /// late), shared (one tree and one load view: the upper bound). Several, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "stream")]
+    sync: Vec<String>,
+    /// The replicated policy with --sync stream: how late a replica's events reach the others,
+    /// in milliseconds.
+    #[arg(long, default_value_t = 10.0)]
+    sync_delay_ms: f64,
     /// Cache-aware: match ratio above which the matching worker is chosen, in [0, 1].
     #[arg(long, default_value_t = 0.3)]
     cache_threshold: f32,
@@ -221,6 +237,18 @@ fn check(args: &Args) -> Result<(), String> {
             "--event-delay-ms must be finite numbers, 0 or more (got {d})"
         ));
     }
+    if args.replicas.contains(&0) {
+        return Err("--replicas must be at least 1".into());
+    }
+    if !(args.sync_delay_ms >= 0.0 && args.sync_delay_ms.is_finite()) {
+        return Err(format!(
+            "--sync-delay-ms must be a finite number, 0 or more (got {})",
+            args.sync_delay_ms
+        ));
+    }
+    for mode in &args.sync {
+        replicas::SyncMode::parse(mode)?;
+    }
     if args.policy.iter().any(|p| p.trim().is_empty()) {
         return Err("--policy names an empty policy: give names separated by commas".into());
     }
@@ -280,6 +308,9 @@ fn run(args: Args) -> Result<(), String> {
         cache_aware,
         seed: args.seed,
         event_delay_ms: args.event_delay_ms[0],
+        replicas: args.replicas[0],
+        sync: replicas::SyncMode::parse(&args.sync[0])?,
+        sync_delay_ms: args.sync_delay_ms,
         serving: match args.serving.as_str() {
             "fifo" => Serving::Fifo,
             _ => Serving::Batched(StepModel {
@@ -292,7 +323,24 @@ fn run(args: Args) -> Result<(), String> {
     };
     let mut routers = Vec::new();
     for p in &policies {
-        if matches!(p.as_str(), "precise" | "hybrid") && args.event_delay_ms.len() > 1 {
+        if p == "replicated" {
+            for &n in &args.replicas {
+                for mode in &args.sync {
+                    let cfg = SimConfig {
+                        replicas: n,
+                        sync: replicas::SyncMode::parse(mode)?,
+                        ..cfg.clone()
+                    };
+                    let name = match cfg.sync {
+                        replicas::SyncMode::Stream => {
+                            format!("{n} replicas (stream @{}ms)", args.sync_delay_ms)
+                        }
+                        _ => format!("{n} replicas ({mode})"),
+                    };
+                    routers.push((name, make_router(p, &cfg)?));
+                }
+            }
+        } else if matches!(p.as_str(), "precise" | "hybrid") && args.event_delay_ms.len() > 1 {
             for &d in &args.event_delay_ms {
                 let cfg = SimConfig {
                     event_delay_ms: d,

@@ -13,6 +13,7 @@
 
 use crate::batched::{self, StepModel};
 use crate::cache::BlockCache;
+use crate::replicas::{Replicated, SyncMode};
 use crate::trace::{Request, Rng, TOKENS_PER_BLOCK};
 use cache_aware_router::{
     BasicWorkerBuilder, CacheAwareConfig, CacheAwarePolicy, KvEvent, LoadTicket, ManualClock,
@@ -39,6 +40,12 @@ pub struct SimConfig {
     pub serving: Serving,
     /// How long a worker's KV cache events take to reach the router, in milliseconds.
     pub event_delay_ms: f64,
+    /// `replicated`: router replicas the requests are spread over, round-robin.
+    pub replicas: usize,
+    /// `replicated`: how the replicas share what they learn.
+    pub sync: SyncMode,
+    /// `replicated`, `stream`: how late a replica's events reach the others, in milliseconds.
+    pub sync_delay_ms: f64,
 }
 
 /// How workers serve their requests.
@@ -125,12 +132,13 @@ pub fn make_router(name: &str, cfg: &SimConfig) -> Result<Box<dyn Router>, Strin
         "power-of-two" => Box::new(PowerOfTwo(Rng::new(cfg.seed))),
         "least-load" => Box::new(LeastLoad),
         "prefix-hash" => Box::new(PrefixHash::new(n, cfg.chars_per_block)),
+        "replicated" => Box::new(Replicated::new(cfg)?),
         "oracle" => Box::new(Oracle {
             prefill_us_per_token: cfg.prefill_us_per_token,
         }),
         other => {
             return Err(format!(
-                "unknown policy {other:?}: choose from {}",
+                "unknown policy {other:?}: choose from {}, replicated",
                 POLICIES.join(", ")
             ))
         }
@@ -609,6 +617,9 @@ mod tests {
             seed: 1,
             serving: Serving::Fifo,
             event_delay_ms: 0.0,
+            replicas: 4,
+            sync: SyncMode::Stream,
+            sync_delay_ms: 10.0,
         }
     }
 
@@ -720,6 +731,34 @@ mod tests {
         assert_eq!(run("precise", &reqs, &never).predicted_blocks, 0);
         // Hybrid without events is approximate routing on blocks: it predicts hits.
         assert!(run("hybrid", &reqs, &never).predicted_blocks > 0);
+    }
+
+    /// Four replicas that share nothing lose hits against one router; streaming their
+    /// decisions and work to each other (10 ms late) wins back most of it; one shared policy
+    /// is the single router.
+    #[test]
+    fn replicas_that_stream_their_decisions_recover_what_independent_ones_lose() {
+        let reqs = generate(1500, 5);
+        let cfg = batched_cfg();
+        let with = |replicas, sync| {
+            let c = SimConfig {
+                replicas,
+                sync,
+                sync_delay_ms: 10.0,
+                ..cfg.clone()
+            };
+            run("replicated", &reqs, &c).hit_tokens as f64
+        };
+        let single = with(1, SyncMode::None);
+        let none = with(4, SyncMode::None);
+        let stream = with(4, SyncMode::Stream);
+        assert_eq!(with(4, SyncMode::Shared), single);
+        assert!(none < 0.95 * single, "independent: {none} vs {single}");
+        assert!(
+            stream - none >= 0.9 * (single - none),
+            "stream recovers {:.0}% of the loss",
+            100.0 * (stream - none) / (single - none)
+        );
     }
 
     #[test]

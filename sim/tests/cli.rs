@@ -70,6 +70,9 @@ fn bad_input_exits_2_naming_the_flag_or_line_and_writes_nothing() {
         (vec!["--chars-per-block", "0"], "--chars-per-block"),
         (vec!["--event-delay-ms", "5,-1"], "--event-delay-ms"),
         (vec!["--event-delay-ms", "NaN"], "--event-delay-ms"),
+        (vec!["--replicas", "4,0"], "--replicas"),
+        (vec!["--sync", "gossip"], "--sync"),
+        (vec!["--sync-delay-ms=-1"], "--sync-delay-ms"),
         (
             vec!["--cache-pressure", "--cache-tokens", "4096"],
             "--cache-tokens",
