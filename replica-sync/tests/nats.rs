@@ -1,0 +1,184 @@
+//! Replicas syncing through a real NATS JetStream server on loopback: each test starts its own
+//! `nats-server -js` (Debian's package; `.ci/run` installs it) on a free port with a store of
+//! its own, and stops and restarts it. Every wait is bounded.
+
+use cache_aware_router::replica::ReplicaEvent;
+use cache_aware_router::{
+    BasicWorkerBuilder, CacheAwareConfig, CacheAwarePolicy, SelectionRule, Worker,
+};
+use replica_sync::{ReplicaSync, SyncConfig};
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Nats {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Nats {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!("replica-sync-{}-{port}", std::process::id()));
+        let mut nats = Nats {
+            child: None,
+            port,
+            dir,
+        };
+        nats.restart();
+        nats
+    }
+
+    fn restart(&mut self) {
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+            .arg(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server is not installed: `apt-get install nats-server` (Debian's package; .ci/run installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not start on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn policy() -> Arc<CacheAwarePolicy> {
+    let p = CacheAwarePolicy::builder()
+        .config(CacheAwareConfig {
+            eviction_interval_secs: 0,
+            cache_threshold: 0.5,
+            ..CacheAwareConfig::default()
+        })
+        .selection(SelectionRule::Threshold)
+        .build()
+        .unwrap();
+    for i in 0..3 {
+        let w = Arc::new(BasicWorkerBuilder::new(format!("http://w{i}:8000")).build());
+        p.register_worker(w as Arc<dyn Worker>).unwrap();
+    }
+    Arc::new(p)
+}
+
+/// Waits (bounded) until `done`; the time it took.
+async fn until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    start.elapsed()
+}
+
+fn routed(worker: &str, keys: &[u64]) -> ReplicaEvent {
+    ReplicaEvent::Routed {
+        model: String::new(),
+        worker: worker.to_string(),
+        keys: keys.to_vec(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_converge_warm_up_and_survive_nats_going_away() {
+    let mut nats = Nats::start();
+    let (a, b) = (policy(), policy());
+    let sync_a = ReplicaSync::start(SyncConfig::new(&nats.url(), "a"), a.clone());
+    let sync_b = ReplicaSync::start(SyncConfig::new(&nats.url(), "b"), b.clone());
+    until("both warm", Duration::from_secs(10), || {
+        sync_a.stats().warmed_in().is_some() && sync_b.stats().warmed_in().is_some()
+    })
+    .await;
+
+    // A routes a prefix and tells the others; B then routes it to the same worker.
+    let keys = [1u64, 2, 3, 4];
+    let worker = a.route_blocks("", &keys).unwrap().url().to_string();
+    sync_a.publish(routed(&worker, &keys));
+    let took = until("B applies A's decision", Duration::from_secs(5), || {
+        sync_b.stats().applied.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+    println!("converged in {took:?}");
+    let t = b.route_blocks("", &[1, 2, 3, 4, 5]).unwrap();
+    assert_eq!((t.url(), t.cache_hit()), (worker.as_str(), true));
+    assert_eq!(
+        sync_a.stats().applied.load(Ordering::Relaxed),
+        0,
+        "A skips its own"
+    );
+
+    // A replica that starts now replays the retained window before it is warm.
+    let c = policy();
+    let sync_c = ReplicaSync::start(SyncConfig::new(&nats.url(), "c"), c.clone());
+    let warm = until("C warm", Duration::from_secs(10), || {
+        sync_c.stats().warmed_in().is_some()
+    })
+    .await;
+    println!(
+        "warmed in {warm:?} ({:?} by its own count)",
+        sync_c.stats().warmed_in()
+    );
+    let t = c.route_blocks("", &keys).unwrap();
+    assert_eq!((t.url(), t.cache_hit()), (worker.as_str(), true));
+    drop(t);
+
+    // NATS goes away: routing goes on, events are dropped and counted.
+    nats.stop();
+    for i in 0..50u64 {
+        let t = a.route_blocks("", &[100 + i]).unwrap();
+        sync_a.publish(routed(t.url(), &[100 + i]));
+    }
+    until("A counts dropped events", Duration::from_secs(10), || {
+        sync_a.stats().dropped.load(Ordering::Relaxed) > 0
+    })
+    .await;
+
+    // NATS comes back: the replicas reconnect and converge again.
+    nats.restart();
+    let keys2 = [7u64, 8, 9];
+    let before = sync_b.stats().applied.load(Ordering::Relaxed);
+    let worker2 = a.route_blocks("", &keys2).unwrap().url().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // Published again until it gets through: the first tries may meet the reconnection.
+    while sync_b.stats().applied.load(Ordering::Relaxed) <= before {
+        assert!(
+            Instant::now() < deadline,
+            "no convergence after NATS returned"
+        );
+        sync_a.publish(routed(&worker2, &keys2));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let t = b.route_blocks("", &keys2).unwrap();
+    assert_eq!((t.url(), t.cache_hit()), (worker2.as_str(), true));
+}
