@@ -96,3 +96,46 @@ fn cbor_head(out: &mut Vec<u8>, major: u8, n: u64) {
         }
     }
 }
+
+/// Chained keys of a text in chunks of `chunk_bytes` bytes (the last one may be shorter): the
+/// block keys replicas route text by when they share decisions (`replica::ReplicaEvent`), so a
+/// peer can record a routed prompt from its keys alone. Each key hashes its chunk and the key
+/// before it (FNV-1a, then a 64-bit finaliser), so equal keys mean equal prefixes up to a
+/// collision (about 2^-64 per pair). A `chunk_bytes` of 0 is taken as 1.
+pub fn text_block_keys(text: &str, chunk_bytes: usize) -> Vec<u64> {
+    let mut parent = 0x9E37_79B9_7F4A_7C15u64;
+    text.as_bytes()
+        .chunks(chunk_bytes.max(1))
+        .map(|chunk| {
+            let fnv = chunk.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ *b as u64).wrapping_mul(0x100_0000_01b3)
+            });
+            let mut z = parent ^ fnv.rotate_left(17);
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            parent = z ^ (z >> 31);
+            parent
+        })
+        .collect()
+}
+
+#[cfg(all(test, not(router_loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_keys_share_a_prefix_exactly_as_far_as_the_text() {
+        let a = text_block_keys("abcdefgh-ijklmnop-qrst", 4);
+        let b = text_block_keys("abcdefgh-ijklmnop-XYZ", 4);
+        assert_eq!(a.len(), 6, "the last chunk may be short");
+        assert_eq!(a[..4], b[..4]);
+        assert_ne!(a[4], b[4]);
+        // Chained: an equal chunk after a different prefix has a different key.
+        assert_ne!(
+            text_block_keys("xxxxabcd", 4)[1],
+            text_block_keys("yyyyabcd", 4)[1]
+        );
+        assert_eq!(text_block_keys("", 4), Vec::<u64>::new());
+        assert_eq!(text_block_keys("ab", 0).len(), 2);
+    }
+}

@@ -27,7 +27,7 @@ mod tree;
 pub mod vllm;
 mod worker;
 
-pub use block_hash::{BlockHasher, VllmSha256Cbor};
+pub use block_hash::{text_block_keys, BlockHasher, VllmSha256Cbor};
 pub use clock::{Clock, ManualClock};
 pub use error::{IndexError, RouteError, SyncError, TreeError};
 pub use index::{

@@ -527,6 +527,7 @@ async fn requests_follow_the_workers_kv_events() {
             .zip(&endpoints)
             .map(|(u, e)| format!("{u}={e}"))
             .collect(),
+        ..Default::default()
     })
     .await;
     // Prompt k: 16 words, 4 blocks of 4 tokens ("t{i}" is token i + 1), held by worker k + 1.
@@ -660,4 +661,160 @@ fn kv_events_without_a_tokenizer_or_for_an_unknown_worker_are_refused() {
     };
     let err = server::State::with_routing(&urls, "", bad).err().unwrap();
     assert!(err.contains("--tokenizer"), "{err}");
+}
+
+fn stats(s: &server::State) -> &replica_sync::SyncStats {
+    s.sync.as_ref().expect("syncing").stats()
+}
+
+/// Waits (bounded) until `done`; how long it took.
+async fn wait(what: &str, limit: Duration, done: impl Fn() -> bool) -> Duration {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    start.elapsed()
+}
+
+/// Three proxy replicas (each its own policy, on its own port) in front of the same mock
+/// workers, syncing through a real NATS JetStream server started for the test: a prefix sent
+/// through replica A goes to the same worker through B and C; a replica started later warms
+/// from the stream; with NATS stopped every request still succeeds and the dropped-event count
+/// rises; after NATS returns the replicas converge again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_what_they_route_through_nats() {
+    let mut nats = replica_sync::NatsServer::start();
+    let mut urls = Vec::new();
+    let mut mocks = Vec::new();
+    for _ in 0..3 {
+        let (url, mock) = start_mock().await;
+        urls.push(url);
+        mocks.push(mock);
+    }
+    let client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let replica = |name: &str| {
+        let routing = server::Routing {
+            replica_sync: Some((nats.url(), name.to_string())),
+            ..Default::default()
+        };
+        server::State::with_routing(&urls, "", routing).unwrap()
+    };
+    let serve = |state: Arc<server::State>| async move {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(server::serve(listener, state));
+        url
+    };
+    let post = |proxy: String, prompt: String| {
+        let client = client.clone();
+        async move {
+            let req = Request::post(format!("{proxy}/v1/completions"))
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(completion(&prompt))))
+                .unwrap();
+            let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+                .await
+                .expect("bounded")
+                .unwrap();
+            let status = resp.status().as_u16();
+            let _ = resp.into_body().collect().await;
+            status
+        }
+    };
+    let received = || -> Vec<usize> {
+        mocks
+            .iter()
+            .map(|m| m.received.lock().unwrap().len())
+            .collect()
+    };
+    let (a, b, c) = (replica("a"), replica("b"), replica("c"));
+    let (pa, pb, pc) = (
+        serve(a.clone()).await,
+        serve(b.clone()).await,
+        serve(c.clone()).await,
+    );
+    wait("replicas warm", Duration::from_secs(10), || {
+        [&a, &b, &c].iter().all(|s| stats(s).warmed_in().is_some())
+    })
+    .await;
+
+    // A prefix through A; B and C learn where it went and send its next turns there.
+    let system = "You are a careful assistant who answers in one short paragraph. ".repeat(8);
+    assert_eq!(post(pa.clone(), format!("{system}Q0")).await, 200);
+    let home = received().iter().position(|&n| n == 1).unwrap();
+    let took = wait(
+        "B and C apply A's decision",
+        Duration::from_secs(5),
+        &|| {
+            stats(&b).applied.load(Ordering::Relaxed) >= 1
+                && stats(&c).applied.load(Ordering::Relaxed) >= 1
+        },
+    )
+    .await;
+    println!("replicas converged in {took:?}");
+    assert!(took < Duration::from_millis(100), "converged in {took:?}");
+    for (proxy, q) in [(&pb, "Q1"), (&pc, "Q2")] {
+        assert_eq!(post(proxy.clone(), format!("{system}{q}")).await, 200);
+    }
+    assert_eq!(received()[home], 3, "{:?}", received());
+
+    // A replica started now (a restart) replays the stream before it is warm.
+    let d = replica("d");
+    let pd = serve(d.clone()).await;
+    wait("D warm", Duration::from_secs(10), &|| {
+        stats(&d).warmed_in().is_some()
+    })
+    .await;
+    assert_eq!(post(pd, format!("{system}Q3")).await, 200);
+    assert_eq!(
+        received()[home],
+        4,
+        "the restarted replica routes the old prefix home"
+    );
+
+    // NATS goes away: every request still succeeds; A counts what it could not publish.
+    nats.stop();
+    for i in 0..20 {
+        assert_eq!(
+            post(
+                pa.clone(),
+                format!("while NATS is down {i} {}", "x".repeat(80))
+            )
+            .await,
+            200
+        );
+    }
+    wait("A counts dropped events", Duration::from_secs(15), || {
+        stats(&a).dropped.load(Ordering::Relaxed) > 0
+    })
+    .await;
+
+    // NATS returns: the replicas reconnect, and a new prefix through A reaches B again.
+    nats.restart();
+    let before = stats(&b).applied.load(Ordering::Relaxed);
+    let other = "A different system prompt about another topic entirely. ".repeat(8);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut sent = 0;
+    while stats(&b).applied.load(Ordering::Relaxed) <= before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no convergence after NATS returned"
+        );
+        assert_eq!(post(pa.clone(), format!("{other}R{sent}")).await, 200);
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let counts = received();
+    assert_eq!(post(pb.clone(), format!("{other}R-final")).await, 200);
+    let after = received();
+    let went: Vec<usize> = (0..3).filter(|&i| after[i] > counts[i]).collect();
+    let other_home: Vec<usize> = mocks
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.received.lock().unwrap().iter().any(|r| r.contains("R0")))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(went, other_home, "B sends the new prefix where A did");
 }

@@ -1,8 +1,12 @@
 //! How the proxy keys a request for routing: its text (the default), its token ids (with a
-//! tokenizer), or the engine's block hashes of its tokens (with a tokenizer and KV events).
+//! tokenizer), the engine's block hashes of its tokens (with a tokenizer and KV events, or with
+//! a tokenizer and replica sync), or chained keys of its text's chunks (replica sync without a
+//! tokenizer: replicas share block keys, which a peer can record without the prompt).
 #![allow(dead_code)]
 
-use cache_aware_router::{BlockHasher, CacheAwarePolicy, LoadTicket, RouteError, VllmSha256Cbor};
+use cache_aware_router::{
+    text_block_keys, BlockHasher, CacheAwarePolicy, LoadTicket, RouteError, VllmSha256Cbor,
+};
 use std::path::Path;
 use tokenizers::Tokenizer;
 
@@ -13,7 +17,12 @@ pub(crate) enum Keys {
     Tokens(Box<Tokenizer>),
     /// `route_blocks(model, keys)`: the engines' KV events and the router's own decisions.
     Blocks(Box<Tokenizer>, VllmSha256Cbor),
+    /// `route_blocks(model, keys)` over `text_block_keys(text, CHUNK_BYTES)`.
+    Chunks,
 }
+
+/// Bytes of text per key when replicas route text by chunk keys.
+pub(crate) const CHUNK_BYTES: usize = 64;
 
 impl Keys {
     /// Tokens with the tokenizer at `path` (a Hugging Face `tokenizer.json`), and block hashes
@@ -29,23 +38,29 @@ impl Keys {
         })
     }
 
-    /// Routes `text` for `model` by this key.
+    /// Routes `text` for `model` by this key; the block keys it was routed by, if any.
     pub(crate) fn route(
         &self,
         policy: &CacheAwarePolicy,
         model: &str,
         text: &str,
-    ) -> Result<LoadTicket, RouteError> {
+    ) -> Result<(LoadTicket, Option<Vec<u64>>), RouteError> {
         // The engine tokenizes a completion prompt with its special tokens (BOS).
         let ids = |t: &Tokenizer| {
             t.encode(text, true)
                 .map(|e| e.get_ids().to_vec())
                 .unwrap_or_default()
         };
+        let blocks = |keys: Vec<u64>| {
+            policy
+                .route_blocks(model, &keys)
+                .map(|ticket| (ticket, Some(keys)))
+        };
         match self {
-            Keys::Text => policy.route(model, text),
-            Keys::Tokens(t) => policy.route_tokens(model, &ids(t)),
-            Keys::Blocks(t, hasher) => policy.route_blocks(model, &hasher.block_keys(&ids(t))),
+            Keys::Text => policy.route(model, text).map(|t| (t, None)),
+            Keys::Tokens(t) => policy.route_tokens(model, &ids(t)).map(|t| (t, None)),
+            Keys::Blocks(t, hasher) => blocks(hasher.block_keys(&ids(t))),
+            Keys::Chunks => blocks(text_block_keys(text, CHUNK_BYTES)),
         }
     }
 
@@ -54,6 +69,7 @@ impl Keys {
             Keys::Text => "text",
             Keys::Tokens(_) => "tokens",
             Keys::Blocks(..) => "blocks",
+            Keys::Chunks => "text chunks",
         }
     }
 }

@@ -55,6 +55,13 @@ struct Args {
     /// the router's own decisions).
     #[arg(long, default_value = "0")]
     hash_seed: String,
+    /// A NATS server with JetStream (`nats://HOST:4222`): share routed requests (as block
+    /// keys) and each worker's work with the other router replicas, and apply theirs.
+    #[arg(long)]
+    replica_sync: Option<String>,
+    /// This replica's name among the replicas (default: the --listen address).
+    #[arg(long)]
+    replica_name: Option<String>,
 }
 
 #[tokio::main]
@@ -76,6 +83,13 @@ async fn main() -> Result<(), String> {
         block_size: args.block_size,
         hash_seed: args.hash_seed.clone(),
         kv_events: args.kv_events.clone(),
+        replica_sync: args.replica_sync.clone().map(|url| {
+            let name = args
+                .replica_name
+                .clone()
+                .unwrap_or_else(|| args.listen.clone());
+            (url, name)
+        }),
     };
     let state = server::State::with_routing(&args.workers, &args.model, routing)?;
     for stream in &state.streams {
@@ -91,6 +105,7 @@ async fn main() -> Result<(), String> {
         args.listen,
         state.streams.len()
     );
+    tokio::spawn(server::share_work(state.clone(), Duration::from_millis(50)));
     tokio::spawn(server::probe(
         state.clone(),
         Duration::from_secs(args.probe_secs.max(1)),

@@ -6,6 +6,7 @@
 use crate::events::{self, Stream};
 use crate::keys::Keys;
 use bytes::Bytes;
+use cache_aware_router::replica::ReplicaEvent;
 use cache_aware_router::{
     BasicWorker, BasicWorkerBuilder, CacheAwareConfig, CacheAwarePolicy, LoadTicket, RoutingMode,
     Worker,
@@ -16,6 +17,7 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use replica_sync::{ReplicaSync, SyncConfig};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,7 +36,7 @@ pub(crate) struct State {
     /// `router_route_seconds_total` / `router_routes_total`.
     route_ns: AtomicU64,
     routes: AtomicU64,
-    pub(crate) policy: CacheAwarePolicy,
+    pub(crate) policy: Arc<CacheAwarePolicy>,
     pub(crate) workers: Vec<Arc<BasicWorker>>,
     /// Models some worker serves (the default first).
     models: Vec<String>,
@@ -43,6 +45,8 @@ pub(crate) struct State {
     pub(crate) keys: Keys,
     /// The workers' KV event streams (`--kv-events`).
     pub(crate) streams: Vec<Arc<Stream>>,
+    /// Sharing with the other router replicas (`--replica-sync`).
+    pub(crate) sync: Option<ReplicaSync>,
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
@@ -56,6 +60,9 @@ pub(crate) struct Routing {
     pub(crate) hash_seed: String,
     /// `WORKER_URL=tcp://HOST:PORT`: route by the engines' KV events (hybrid mode).
     pub(crate) kv_events: Vec<String>,
+    /// A NATS server to share routed requests and work with the other replicas through, and
+    /// this replica's name among them.
+    pub(crate) replica_sync: Option<(String, String)>,
 }
 
 impl State {
@@ -70,8 +77,13 @@ impl State {
         default_model: &str,
         routing: Routing,
     ) -> Result<Arc<Self>, String> {
+        let syncing = routing.replica_sync.is_some();
         let keys = match (&routing.tokenizer, routing.kv_events.is_empty()) {
+            (None, true) if syncing => Keys::Chunks,
             (None, true) => Keys::Text,
+            (Some(path), true) if syncing => {
+                Keys::load(path, Some((routing.block_size, &routing.hash_seed)))?
+            }
             (None, false) => {
                 return Err("--kv-events needs --tokenizer: requests are matched against the engines' block hashes of their tokens".into())
             }
@@ -125,6 +137,11 @@ impl State {
                 stats: Default::default(),
             }));
         }
+        let policy = Arc::new(policy);
+        let sync = routing
+            .replica_sync
+            .as_ref()
+            .map(|(url, name)| ReplicaSync::start(SyncConfig::new(url, name), policy.clone()));
         Ok(Arc::new(Self {
             route_ns: AtomicU64::new(0),
             routes: AtomicU64::new(0),
@@ -134,6 +151,7 @@ impl State {
             model: default_model.to_string(),
             keys,
             streams,
+            sync,
             client: Client::builder(TokioExecutor::new()).build_http(),
         }))
     }
@@ -161,6 +179,24 @@ pub(crate) async fn serve(listener: TcpListener, state: Arc<State>) {
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
+    }
+}
+
+/// Tells the other replicas this replica's own work on every worker, every `period` (a
+/// snapshot each: they sum the latest of every replica).
+pub(crate) async fn share_work(state: Arc<State>, period: Duration) {
+    let Some(sync) = &state.sync else {
+        return;
+    };
+    loop {
+        tokio::time::sleep(period).await;
+        for w in &state.workers {
+            sync.publish(ReplicaEvent::Work {
+                model: w.model_id().to_string(),
+                worker: w.url().to_string(),
+                work: w.own_work(),
+            });
+        }
     }
 }
 
@@ -350,6 +386,45 @@ fn metrics(state: &State) -> Response<ProxyBody> {
             ));
         }
     }
+    if let Some(sync) = &state.sync {
+        let st = sync.stats();
+        for (name, kind, help, value) in [
+            (
+                "router_sync_published_total",
+                "counter",
+                "Events published to the other replicas.",
+                st.published.load(Ordering::Relaxed),
+            ),
+            (
+                "router_sync_dropped_total",
+                "counter",
+                "Events dropped: queue full or NATS unreachable.",
+                st.dropped.load(Ordering::Relaxed),
+            ),
+            (
+                "router_sync_applied_total",
+                "counter",
+                "Other replicas' events applied.",
+                st.applied.load(Ordering::Relaxed),
+            ),
+            (
+                "router_sync_errors_total",
+                "counter",
+                "Sync messages that did not decode or apply.",
+                st.errors.load(Ordering::Relaxed),
+            ),
+            (
+                "router_sync_lag_milliseconds",
+                "gauge",
+                "Publication to application of the last event applied.",
+                st.lag_ms.load(Ordering::Relaxed),
+            ),
+        ] {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+            ));
+        }
+    }
     out.push_str(
         "# HELP router_tree_chars Chars cached per model tree.\n# TYPE router_tree_chars gauge\n",
     );
@@ -483,15 +558,23 @@ async fn proxy(req: Request<Incoming>, state: Arc<State>) -> Response<ProxyBody>
     // One retry on another worker if the first refuses the connection or answers 5xx.
     for _attempt in 0..2 {
         let started = Instant::now();
-        let routed = state
-            .keys
-            .route(&state.policy, state.model_for(&json), &text);
+        let model = state.model_for(&json);
+        let routed = state.keys.route(&state.policy, model, &text);
         state
             .route_ns
             .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         state.routes.fetch_add(1, Ordering::Relaxed);
         let ticket = match routed {
-            Ok(t) => t,
+            Ok((ticket, keys)) => {
+                if let (Some(sync), Some(keys)) = (&state.sync, keys) {
+                    sync.publish(ReplicaEvent::Routed {
+                        model: model.to_string(),
+                        worker: ticket.url().to_string(),
+                        keys,
+                    });
+                }
+                ticket
+            }
             Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
         };
         let Ok(uri) = format!("{}{}", ticket.url(), path).parse::<hyper::Uri>() else {

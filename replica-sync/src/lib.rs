@@ -11,6 +11,10 @@
 //! routing goes on locally: the queue fills, further events are dropped and counted (memory
 //! stays bounded), and the tasks reconnect, recreate the stream if it is gone, and resume.
 
+mod server;
+
+pub use server::NatsServer;
+
 use async_nats::jetstream::{self, consumer::push::OrderedConfig, consumer::DeliverPolicy, stream};
 use cache_aware_router::replica::{ReplicaEvent, ReplicaMessage};
 use cache_aware_router::CacheAwarePolicy;
@@ -26,7 +30,8 @@ use tokio::task::JoinHandle;
 pub struct SyncConfig {
     /// The NATS server, e.g. `nats://127.0.0.1:4222`.
     pub url: String,
-    /// This replica's name: unique among the replicas (its own events are skipped by it).
+    /// This replica's name: unique among the replicas (each run adds its own suffix, and skips
+    /// only the events that run published).
     pub replica: String,
     /// The JetStream stream (default `ROUTER_SYNC`).
     pub stream: String,
@@ -106,7 +111,13 @@ pub struct ReplicaSync {
 impl ReplicaSync {
     /// Starts syncing `policy` (call inside a tokio runtime). Never fails: the connection is
     /// made, and remade, in the background.
-    pub fn start(config: SyncConfig, policy: Arc<CacheAwarePolicy>) -> Self {
+    pub fn start(mut config: SyncConfig, policy: Arc<CacheAwarePolicy>) -> Self {
+        // This run's own origin: a replica restarted under the same name replays what it
+        // published before, like any peer's, and skips only what this run publishes.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        config.replica = format!("{}#{nanos:x}", config.replica);
         let (tx, rx) = mpsc::channel(config.queue.max(1));
         let stats = Arc::new(SyncStats::default());
         let task = tokio::spawn(run(config, policy, rx, stats.clone()));

@@ -6,74 +6,10 @@ use cache_aware_router::replica::ReplicaEvent;
 use cache_aware_router::{
     BasicWorkerBuilder, CacheAwareConfig, CacheAwarePolicy, SelectionRule, Worker,
 };
-use replica_sync::{ReplicaSync, SyncConfig};
-use std::path::PathBuf;
-use std::process::{Child, Command};
+use replica_sync::{NatsServer, ReplicaSync, SyncConfig};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-struct Nats {
-    child: Option<Child>,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl Nats {
-    fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = std::env::temp_dir().join(format!("replica-sync-{}-{port}", std::process::id()));
-        let mut nats = Nats {
-            child: None,
-            port,
-            dir,
-        };
-        nats.restart();
-        nats
-    }
-
-    fn restart(&mut self) {
-        let child = Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
-            .arg(&self.dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("nats-server is not installed: `apt-get install nats-server` (Debian's package; .ci/run installs it)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nats-server did not start on port {}",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn policy() -> Arc<CacheAwarePolicy> {
     let p = CacheAwarePolicy::builder()
@@ -112,7 +48,7 @@ fn routed(worker: &str, keys: &[u64]) -> ReplicaEvent {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_converge_warm_up_and_survive_nats_going_away() {
-    let mut nats = Nats::start();
+    let mut nats = NatsServer::start();
     let (a, b) = (policy(), policy());
     let sync_a = ReplicaSync::start(SyncConfig::new(&nats.url(), "a"), a.clone());
     let sync_b = ReplicaSync::start(SyncConfig::new(&nats.url(), "b"), b.clone());
