@@ -8,7 +8,8 @@
 //!
 //! Requests are routed by their text; with `--tokenizer`, by their token ids; with
 //! `--tokenizer` and `--kv-events WORKER=tcp://HOST:PORT` (each vLLM engine's KV event
-//! stream), by the engines' own block hashes of their tokens, in hybrid mode.
+//! stream), by the engines' own block hashes of their tokens, in hybrid mode. With
+//! `--replica-sync nats://HOST:4222`, replicas share what they route through NATS JetStream.
 #![allow(missing_docs)]
 
 mod events;
@@ -106,6 +107,19 @@ async fn main() -> Result<(), String> {
         state.streams.len()
     );
     tokio::spawn(server::share_work(state.clone(), Duration::from_millis(50)));
+    if state.sync.is_some() {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let stats = state.sync.as_ref().expect("syncing").stats();
+            loop {
+                if let Some(took) = stats.warmed_in() {
+                    println!("replica sync: warm from the stream in {took:?}");
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+    }
     tokio::spawn(server::probe(
         state.clone(),
         Duration::from_secs(args.probe_secs.max(1)),

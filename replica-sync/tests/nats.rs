@@ -74,6 +74,27 @@ async fn replicas_converge_warm_up_and_survive_nats_going_away() {
         "A skips its own"
     );
 
+    // A message that is not a replica event is counted and skipped; the stream goes on.
+    let raw = async_nats::connect(nats.url()).await.unwrap();
+    async_nats::jetstream::new(raw)
+        .publish("router.sync", b"not a replica event".to_vec().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    until("B counts the bad message", Duration::from_secs(5), || {
+        sync_b.stats().errors.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+    let applied = sync_b.stats().applied.load(Ordering::Relaxed);
+    sync_a.publish(routed(&worker, &[1, 2, 3, 4, 6]));
+    until(
+        "B applies the next good event",
+        Duration::from_secs(5),
+        || sync_b.stats().applied.load(Ordering::Relaxed) > applied,
+    )
+    .await;
+
     // A replica that starts now replays the retained window before it is warm.
     let c = policy();
     let sync_c = ReplicaSync::start(SyncConfig::new(&nats.url(), "c"), c.clone());
