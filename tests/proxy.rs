@@ -663,27 +663,130 @@ fn kv_events_without_a_tokenizer_or_for_an_unknown_worker_are_refused() {
     assert!(err.contains("--tokenizer"), "{err}");
 }
 
-fn stats(s: &server::State) -> &replica_sync::SyncStats {
-    s.sync.as_ref().expect("syncing").stats()
+/// The example proxy's binary, built beside this test (`cargo test` builds the examples).
+fn proxy_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let bin = profile.join("examples").join("proxy");
+    assert!(
+        bin.exists(),
+        "{} is missing: `cargo build --example proxy` (`cargo test` builds it)",
+        bin.display()
+    );
+    bin
 }
 
-/// Waits (bounded) until `done`; how long it took.
-async fn wait(what: &str, limit: Duration, done: impl Fn() -> bool) -> Duration {
+/// One proxy replica, a process of its own, killed on drop.
+struct Replica {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Replica {
+    fn start(name: &str, port: u16, nats: &str, workers: &[String]) -> Self {
+        let mut cmd = std::process::Command::new(proxy_binary());
+        cmd.args(["--listen", &format!("127.0.0.1:{port}")]).args([
+            "--replica-sync",
+            nats,
+            "--replica-name",
+            name,
+        ]);
+        for w in workers {
+            cmd.args(["--worker", w]);
+        }
+        let child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "replica {name} did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Replica {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+async fn post_to(client: &HttpClient, proxy: &str, prompt: &str) -> u16 {
+    let req = Request::post(format!("{proxy}/v1/completions"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(completion(prompt))))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .expect("bounded")
+        .unwrap();
+    let status = resp.status().as_u16();
+    let _ = resp.into_body().collect().await;
+    status
+}
+
+/// A counter or gauge from a replica's `/metrics` (None if absent).
+async fn metric(client: &HttpClient, proxy: &str, name: &str) -> Option<u64> {
+    let req = Request::get(format!("{proxy}/metrics"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = client.request(req).await.ok()?;
+    let body = resp.into_body().collect().await.ok()?.to_bytes();
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} "))?.trim().parse().ok())
+}
+
+/// Waits (bounded) until `metric` of `proxy` reaches `at_least`; how long it took.
+async fn wait_metric(
+    client: &HttpClient,
+    proxy: &str,
+    name: &str,
+    at_least: u64,
+    limit: Duration,
+) -> Duration {
     let start = std::time::Instant::now();
-    while !done() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(2)).await;
+    while metric(client, proxy, name)
+        .await
+        .is_none_or(|v| v < at_least)
+    {
+        assert!(
+            start.elapsed() < limit,
+            "{proxy} {name} < {at_least} after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
     start.elapsed()
 }
 
-/// Three proxy replicas (each its own policy, on its own port) in front of the same mock
-/// workers, syncing through a real NATS JetStream server started for the test: a prefix sent
-/// through replica A goes to the same worker through B and C; a replica started later warms
-/// from the stream; with NATS stopped every request still succeeds and the dropped-event count
-/// rises; after NATS returns the replicas converge again.
+/// Three proxy replicas, each a process of its own (the example binary), in front of the same
+/// mock workers, syncing through a real NATS JetStream server started for the test: a prefix
+/// sent through replica A goes to the same worker through B and C; a replica restarted under
+/// its name warms from the stream and routes the old prefix home; with NATS stopped every
+/// request still succeeds and the dropped-event count rises; after NATS returns the replicas
+/// converge again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replicas_share_what_they_route_through_nats() {
+async fn replica_processes_share_what_they_route_through_nats() {
     let mut nats = replica_sync::NatsServer::start();
     let mut urls = Vec::new();
     let mut mocks = Vec::new();
@@ -692,82 +795,61 @@ async fn replicas_share_what_they_route_through_nats() {
         urls.push(url);
         mocks.push(mock);
     }
-    let client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
-    let replica = |name: &str| {
-        let routing = server::Routing {
-            replica_sync: Some((nats.url(), name.to_string())),
-            ..Default::default()
-        };
-        server::State::with_routing(&urls, "", routing).unwrap()
-    };
-    let serve = |state: Arc<server::State>| async move {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(server::serve(listener, state));
-        url
-    };
-    let post = |proxy: String, prompt: String| {
-        let client = client.clone();
-        async move {
-            let req = Request::post(format!("{proxy}/v1/completions"))
-                .header("content-type", "application/json")
-                .body(Full::new(Bytes::from(completion(&prompt))))
-                .unwrap();
-            let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
-                .await
-                .expect("bounded")
-                .unwrap();
-            let status = resp.status().as_u16();
-            let _ = resp.into_body().collect().await;
-            status
-        }
-    };
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
     let received = || -> Vec<usize> {
         mocks
             .iter()
             .map(|m| m.received.lock().unwrap().len())
             .collect()
     };
-    let (a, b, c) = (replica("a"), replica("b"), replica("c"));
-    let (pa, pb, pc) = (
-        serve(a.clone()).await,
-        serve(b.clone()).await,
-        serve(c.clone()).await,
-    );
-    wait("replicas warm", Duration::from_secs(10), || {
-        [&a, &b, &c].iter().all(|s| stats(s).warmed_in().is_some())
-    })
-    .await;
+    let ports = [free_port(), free_port(), free_port()];
+    let a = Replica::start("a", ports[0], &nats.url(), &urls);
+    let b = Replica::start("b", ports[1], &nats.url(), &urls);
+    let mut c = Replica::start("c", ports[2], &nats.url(), &urls);
+    for r in [&a, &b, &c] {
+        wait_metric(
+            &client,
+            &r.url,
+            "router_sync_warm_milliseconds",
+            0,
+            Duration::from_secs(10),
+        )
+        .await;
+    }
 
     // A prefix through A; B and C learn where it went and send its next turns there.
     let system = "You are a careful assistant who answers in one short paragraph. ".repeat(8);
-    assert_eq!(post(pa.clone(), format!("{system}Q0")).await, 200);
+    assert_eq!(post_to(&client, &a.url, &format!("{system}Q0")).await, 200);
     let home = received().iter().position(|&n| n == 1).unwrap();
-    let took = wait(
-        "B and C apply A's decision",
-        Duration::from_secs(5),
-        &|| {
-            stats(&b).applied.load(Ordering::Relaxed) >= 1
-                && stats(&c).applied.load(Ordering::Relaxed) >= 1
-        },
-    )
-    .await;
-    println!("replicas converged in {took:?}");
-    assert!(took < Duration::from_millis(100), "converged in {took:?}");
-    for (proxy, q) in [(&pb, "Q1"), (&pc, "Q2")] {
-        assert_eq!(post(proxy.clone(), format!("{system}{q}")).await, 200);
+    for r in [&b, &c] {
+        let took = wait_metric(
+            &client,
+            &r.url,
+            "router_sync_applied_routed_total",
+            1,
+            Duration::from_secs(5),
+        )
+        .await;
+        println!("{} applied A's decision {took:?} after its response", r.url);
+        assert!(took < Duration::from_millis(100), "converged in {took:?}");
     }
+    assert_eq!(post_to(&client, &b.url, &format!("{system}Q1")).await, 200);
+    assert_eq!(post_to(&client, &c.url, &format!("{system}Q2")).await, 200);
     assert_eq!(received()[home], 3, "{:?}", received());
 
-    // A replica started now (a restart) replays the stream before it is warm.
-    let d = replica("d");
-    let pd = serve(d.clone()).await;
-    wait("D warm", Duration::from_secs(10), &|| {
-        stats(&d).warmed_in().is_some()
-    })
+    // C restarts under its name: it replays the stream (its own past events included) before
+    // it is warm, and routes the old prefix home.
+    drop(c);
+    c = Replica::start("c", ports[2], &nats.url(), &urls);
+    wait_metric(
+        &client,
+        &c.url,
+        "router_sync_warm_milliseconds",
+        0,
+        Duration::from_secs(10),
+    )
     .await;
-    assert_eq!(post(pd, format!("{system}Q3")).await, 200);
+    assert_eq!(post_to(&client, &c.url, &format!("{system}Q3")).await, 200);
     assert_eq!(
         received()[home],
         4,
@@ -777,44 +859,54 @@ async fn replicas_share_what_they_route_through_nats() {
     // NATS goes away: every request still succeeds; A counts what it could not publish.
     nats.stop();
     for i in 0..20 {
-        assert_eq!(
-            post(
-                pa.clone(),
-                format!("while NATS is down {i} {}", "x".repeat(80))
-            )
-            .await,
-            200
-        );
+        let prompt = format!("while NATS is down {i} {}", "x".repeat(80));
+        assert_eq!(post_to(&client, &a.url, &prompt).await, 200);
     }
-    wait("A counts dropped events", Duration::from_secs(15), || {
-        stats(&a).dropped.load(Ordering::Relaxed) > 0
-    })
+    wait_metric(
+        &client,
+        &a.url,
+        "router_sync_dropped_total",
+        1,
+        Duration::from_secs(15),
+    )
     .await;
 
     // NATS returns: the replicas reconnect, and a new prefix through A reaches B again.
     nats.restart();
-    let before = stats(&b).applied.load(Ordering::Relaxed);
+    let before = metric(&client, &b.url, "router_sync_applied_routed_total")
+        .await
+        .unwrap_or(0);
     let other = "A different system prompt about another topic entirely. ".repeat(8);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let mut sent = 0;
-    while stats(&b).applied.load(Ordering::Relaxed) <= before {
+    while metric(&client, &b.url, "router_sync_applied_routed_total")
+        .await
+        .unwrap_or(0)
+        <= before
+    {
         assert!(
             std::time::Instant::now() < deadline,
             "no convergence after NATS returned"
         );
-        assert_eq!(post(pa.clone(), format!("{other}R{sent}")).await, 200);
+        assert_eq!(
+            post_to(&client, &a.url, &format!("{other}R{sent}")).await,
+            200
+        );
         sent += 1;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let counts = received();
-    assert_eq!(post(pb.clone(), format!("{other}R-final")).await, 200);
+    assert_eq!(
+        post_to(&client, &b.url, &format!("{other}R-final")).await,
+        200
+    );
     let after = received();
     let went: Vec<usize> = (0..3).filter(|&i| after[i] > counts[i]).collect();
-    let other_home: Vec<usize> = mocks
+    let homes: Vec<usize> = mocks
         .iter()
         .enumerate()
         .filter(|(_, m)| m.received.lock().unwrap().iter().any(|r| r.contains("R0")))
         .map(|(i, _)| i)
         .collect();
-    assert_eq!(went, other_home, "B sends the new prefix where A did");
+    assert_eq!(went, homes, "B sends the new prefix where A did");
 }

@@ -408,6 +408,12 @@ fn metrics(state: &State) -> Response<ProxyBody> {
                 st.applied.load(Ordering::Relaxed),
             ),
             (
+                "router_sync_applied_routed_total",
+                "counter",
+                "Other replicas' routed requests applied (the rest of the applied are work snapshots).",
+                st.applied_routed.load(Ordering::Relaxed),
+            ),
+            (
                 "router_sync_errors_total",
                 "counter",
                 "Sync messages that did not decode or apply.",
@@ -422,6 +428,13 @@ fn metrics(state: &State) -> Response<ProxyBody> {
         ] {
             out.push_str(&format!(
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+            ));
+        }
+        if let Some(took) = st.warmed_in() {
+            out.push_str(&format!(
+                "# HELP router_sync_warm_milliseconds How long the replay of the stream took at start.\n\
+                 # TYPE router_sync_warm_milliseconds gauge\nrouter_sync_warm_milliseconds {}\n",
+                took.as_millis()
             ));
         }
     }

@@ -69,6 +69,8 @@ pub struct SyncStats {
     pub dropped: AtomicU64,
     /// Other replicas' events applied.
     pub applied: AtomicU64,
+    /// Of those, routed requests (the rest are work snapshots).
+    pub applied_routed: AtomicU64,
     /// Messages that did not decode or apply.
     pub errors: AtomicU64,
     /// Milliseconds between the last applied event's publication and its application.
@@ -83,6 +85,7 @@ impl Default for SyncStats {
             published: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             applied: AtomicU64::new(0),
+            applied_routed: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             lag_ms: AtomicU64::new(0),
             warm_ms: AtomicU64::new(u64::MAX),
@@ -257,6 +260,9 @@ async fn session(
                 Ok(m) => match policy.apply_replica(&m) {
                     Ok(()) => {
                         stats.applied.fetch_add(1, Ordering::Relaxed);
+                        if matches!(m.event, ReplicaEvent::Routed { .. }) {
+                            stats.applied_routed.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                     Err(_) => {
                         stats.errors.fetch_add(1, Ordering::Relaxed);
