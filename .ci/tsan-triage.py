@@ -8,6 +8,9 @@ which TSan does not model. Each class below names the synchronisation TSan could
 import re
 import sys
 
+# The KV index's writer paths: each runs with its shard's writer Mutex held.
+SHARD_LOCKED = tuple(f"index::table::Shard>::{f}" for f in ("update", "clear_worker", "rebuild", "live", "bytes"))
+
 CLASSES = [
     ("free after join: Tree's or the policy's drop frees nodes and tables after the threads "
      "that read them were joined (std's join is invisible)",
@@ -23,6 +26,9 @@ CLASSES = [
                                r"|Arc<.*>>::drop_slow", w) is not None),
     ("OnceLock/DashMap set under std's Once/locks, read after a join or through the lock",
      lambda w, p, b: ("once_lock" in w or "dashmap" in w + p or "RawTableInner" in w)),
+    ("KV index shard state (entry counts) read and written by two writers, each holding the "
+     "shard's std Mutex (its futex is invisible)",
+     lambda w, p, b: any(f in w for f in SHARD_LOCKED) and any(f in p for f in SHARD_LOCKED)),
     ("crossbeam-epoch internals and epoch-deferred frees (fence-based)",
      lambda w, p, b: "crossbeam_epoch::internal" in w + p or "crossbeam_epoch::sync" in w + p),
     ("crossbeam-channel internals (its wakers and select; fence- and std-lock-based)",
