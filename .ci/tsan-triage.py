@@ -15,7 +15,8 @@ CLASSES = [
     ("free after join: Tree's or the policy's drop frees nodes and tables after the threads "
      "that read them were joined (std's join is invisible)",
      lambda w, p, b: "free_all" in w or "free_nodes" in w
-     or "drop_in_place::<cache_aware_router::tree::Tree>" in w),
+     or "drop_in_place::<cache_aware_router::tree::Tree>" in w
+     or "drop_in_place::<cache_aware_router::tree::KeyedTree<" in w),
     ("thread stack reused after join (std's join is invisible)",
      lambda w, p, b: "Location is stack of thread" in b),
     ("std/test-harness internals on both sides (Arc::drop fence, thread packets, test events)",
