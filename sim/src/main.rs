@@ -8,6 +8,7 @@
 
 mod batched;
 mod cache;
+mod delayed;
 mod model;
 mod plot;
 mod replicas;

@@ -13,13 +13,14 @@
 
 use crate::batched::{self, StepModel};
 use crate::cache::BlockCache;
+use crate::delayed::Delayed;
 use crate::replicas::{Replicated, SyncMode};
 use crate::trace::{Request, Rng, TOKENS_PER_BLOCK};
 use cache_aware_router::{
     BasicWorkerBuilder, CacheAwareConfig, CacheAwarePolicy, KvEvent, LoadTicket, ManualClock,
     RoutingMode, SelectionRule, Worker,
 };
-use std::cmp::{Ordering, Reverse};
+use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -156,10 +157,8 @@ struct CacheAware {
     tickets: std::collections::HashMap<usize, LoadTicket>,
     next_request: usize,
     urls: Vec<String>,
-    /// Events not yet delivered, soonest due first.
-    in_flight: BinaryHeap<Reverse<Pending>>,
-    /// Events received so far (orders events due at once as they happened).
-    received: u64,
+    /// Events not yet delivered: (worker, event).
+    in_flight: Delayed<(usize, KvEvent)>,
     delay_us: f64,
     /// The policy's trees' clock: simulated milliseconds.
     clock: ManualClock,
@@ -200,8 +199,7 @@ impl CacheAware {
             tickets: Default::default(),
             next_request: 0,
             urls,
-            in_flight: BinaryHeap::new(),
-            received: 0,
+            in_flight: Delayed::new(),
             delay_us: cfg.event_delay_ms * 1000.0,
             clock,
             chars_per_block: cfg.chars_per_block,
@@ -213,10 +211,9 @@ impl CacheAware {
 impl Router for CacheAware {
     fn route(&mut self, req: &Request, text: &str, now: f64, _cluster: &Cluster) -> usize {
         self.clock.set((now / 1000.0) as u64);
-        while self.in_flight.peek().is_some_and(|p| p.0.due <= now) {
-            let Reverse(p) = self.in_flight.pop().expect("just looked");
+        while let Some((worker, event)) = self.in_flight.pop_due(now) {
             self.policy
-                .apply_kv_event("", &self.urls[p.worker], &p.event)
+                .apply_kv_event("", &self.urls[worker], &event)
                 .expect("simulated workers are registered and in range");
         }
         let (ticket, predicted) = match self.mode {
@@ -244,13 +241,8 @@ impl Router for CacheAware {
     fn kv_events(&mut self, worker: usize, at_us: f64, events: &[KvEvent]) {
         if self.mode.is_some_and(|m| m != RoutingMode::Approximate) {
             for event in events {
-                self.received += 1;
-                self.in_flight.push(Reverse(Pending {
-                    due: at_us + self.delay_us,
-                    seq: self.received,
-                    worker,
-                    event: event.clone(),
-                }));
+                self.in_flight
+                    .push(at_us + self.delay_us, (worker, event.clone()));
             }
         }
     }
@@ -266,36 +258,6 @@ impl Router for CacheAware {
         self.tickets.remove(&request);
     }
 }
-
-/// A KV cache event on its way to the router.
-struct Pending {
-    due: f64,
-    seq: u64,
-    worker: usize,
-    event: KvEvent,
-}
-
-impl Ord for Pending {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.due
-            .total_cmp(&other.due)
-            .then(self.seq.cmp(&other.seq))
-    }
-}
-
-impl PartialOrd for Pending {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl PartialEq for Pending {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-
-impl Eq for Pending {}
 
 struct RoundRobin(usize);
 impl Router for RoundRobin {

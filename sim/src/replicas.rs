@@ -10,6 +10,7 @@
 //!   `apply_replica`, as the NATS transport carries them.
 //! - `shared`: one policy for all replicas: the upper bound of sharing.
 
+use crate::delayed::Delayed;
 use crate::model::{Cluster, Router, SimConfig};
 use crate::trace::Request;
 use cache_aware_router::replica::{ReplicaEvent, ReplicaMessage};
@@ -17,8 +18,7 @@ use cache_aware_router::{
     BasicWorker, BasicWorkerBuilder, CacheAwareConfig, CacheAwarePolicy, LoadTicket, ManualClock,
     SelectionRule, Worker,
 };
-use std::cmp::{Ordering, Reverse};
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// How replicas share what they learn.
@@ -77,36 +77,6 @@ impl Replica {
     }
 }
 
-/// A message on its way to replica `to`.
-struct Pending {
-    due: f64,
-    seq: u64,
-    to: usize,
-    bytes: Vec<u8>,
-}
-
-impl Ord for Pending {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.due
-            .total_cmp(&other.due)
-            .then(self.seq.cmp(&other.seq))
-    }
-}
-
-impl PartialOrd for Pending {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl PartialEq for Pending {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-
-impl Eq for Pending {}
-
 pub struct Replicated {
     replicas: Vec<Replica>,
     /// How many replicas the load balancer spreads over (`shared`: all through one policy).
@@ -114,7 +84,8 @@ pub struct Replicated {
     mode: SyncMode,
     delay_us: f64,
     next: usize,
-    in_flight: BinaryHeap<Reverse<Pending>>,
+    /// Messages on their way: (to replica, bytes).
+    in_flight: Delayed<(usize, Vec<u8>)>,
     sent: u64,
     tickets: HashMap<usize, LoadTicket>,
     /// Per request: the leading blocks the ticket expected its worker to hold.
@@ -135,7 +106,7 @@ impl Replicated {
             mode: cfg.sync,
             delay_us: cfg.sync_delay_ms * 1000.0,
             next: 0,
-            in_flight: BinaryHeap::new(),
+            in_flight: Delayed::new(),
             sent: 0,
             tickets: HashMap::new(),
             predicted: Vec::new(),
@@ -153,21 +124,16 @@ impl Replicated {
         };
         let bytes = message.encode().expect("simulated names are short");
         for to in (0..self.replicas.len()).filter(|&to| to != from) {
-            self.in_flight.push(Reverse(Pending {
-                due: now + self.delay_us,
-                seq: self.sent,
-                to,
-                bytes: bytes.clone(),
-            }));
+            self.in_flight
+                .push(now + self.delay_us, (to, bytes.clone()));
         }
     }
 
     /// Applies every message due by `now` to its replica.
     fn deliver(&mut self, now: f64) {
-        while self.in_flight.peek().is_some_and(|p| p.0.due <= now) {
-            let Reverse(p) = self.in_flight.pop().expect("just looked");
-            let message = ReplicaMessage::decode(&p.bytes).expect("encoded above");
-            self.replicas[p.to]
+        while let Some((to, bytes)) = self.in_flight.pop_due(now) {
+            let message = ReplicaMessage::decode(&bytes).expect("encoded above");
+            self.replicas[to]
                 .policy
                 .apply_replica(&message)
                 .expect("every replica registers the same workers");
