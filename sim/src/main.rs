@@ -13,6 +13,7 @@ mod model;
 mod plot;
 mod replicas;
 mod report;
+mod tickets;
 mod trace;
 
 use batched::StepModel;

@@ -15,10 +15,11 @@ use crate::batched::{self, StepModel};
 use crate::cache::BlockCache;
 use crate::delayed::Delayed;
 use crate::replicas::{Replicated, SyncMode};
+use crate::tickets::Tickets;
 use crate::trace::{Request, Rng, TOKENS_PER_BLOCK};
 use cache_aware_router::{
-    BasicWorkerBuilder, CacheAwareConfig, CacheAwarePolicy, KvEvent, LoadTicket, ManualClock,
-    RoutingMode, SelectionRule, Worker,
+    BasicWorkerBuilder, CacheAwareConfig, CacheAwarePolicy, KvEvent, ManualClock, RoutingMode,
+    SelectionRule, Worker,
 };
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -154,8 +155,7 @@ struct CacheAware {
     policy: CacheAwarePolicy,
     /// `None`: text routing; else the mode `route_blocks` runs in.
     mode: Option<RoutingMode>,
-    tickets: std::collections::HashMap<usize, LoadTicket>,
-    next_request: usize,
+    tickets: Tickets,
     urls: Vec<String>,
     /// Events not yet delivered: (worker, event).
     in_flight: Delayed<(usize, KvEvent)>,
@@ -163,8 +163,6 @@ struct CacheAware {
     /// The policy's trees' clock: simulated milliseconds.
     clock: ManualClock,
     chars_per_block: usize,
-    /// Per request: the leading blocks the ticket expected its worker to hold.
-    predicted: Vec<u64>,
 }
 
 impl CacheAware {
@@ -196,14 +194,12 @@ impl CacheAware {
         Ok(Self {
             policy,
             mode,
-            tickets: Default::default(),
-            next_request: 0,
+            tickets: Tickets::default(),
             urls,
             in_flight: Delayed::new(),
             delay_us: cfg.event_delay_ms * 1000.0,
             clock,
             chars_per_block: cfg.chars_per_block,
-            predicted: Vec::new(),
         })
     }
 }
@@ -232,11 +228,7 @@ impl Router for CacheAware {
                 (t, blocks)
             }
         };
-        let index = ticket.index();
-        self.tickets.insert(self.next_request, ticket);
-        self.predicted.push(predicted);
-        self.next_request += 1;
-        index
+        self.tickets.hold(ticket, predicted)
     }
     fn kv_events(&mut self, worker: usize, at_us: f64, events: &[KvEvent]) {
         if self.mode.is_some_and(|m| m != RoutingMode::Approximate) {
@@ -247,15 +239,13 @@ impl Router for CacheAware {
         }
     }
     fn predicted_hit_blocks(&self, request: usize) -> Option<u64> {
-        self.predicted.get(request).copied()
+        self.tickets.predicted(request)
     }
     fn first_token(&mut self, _worker: usize, request: usize, ttft_us: f64) -> Option<f64> {
-        let ticket = self.tickets.get(&request)?;
-        ticket.first_token_after(std::time::Duration::from_secs_f64(ttft_us / 1e6));
-        ticket.estimated_ttft().map(|d| d.as_secs_f64() * 1e6)
+        self.tickets.first_token(request, ttft_us)
     }
     fn complete(&mut self, _worker: usize, request: usize) {
-        self.tickets.remove(&request);
+        self.tickets.complete(request);
     }
 }
 

@@ -12,13 +12,13 @@
 
 use crate::delayed::Delayed;
 use crate::model::{Cluster, Router, SimConfig};
+use crate::tickets::Tickets;
 use crate::trace::Request;
 use cache_aware_router::replica::{ReplicaEvent, ReplicaMessage};
 use cache_aware_router::{
-    BasicWorker, BasicWorkerBuilder, CacheAwareConfig, CacheAwarePolicy, LoadTicket, ManualClock,
+    BasicWorker, BasicWorkerBuilder, CacheAwareConfig, CacheAwarePolicy, ManualClock,
     SelectionRule, Worker,
 };
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// How replicas share what they learn.
@@ -87,10 +87,7 @@ pub struct Replicated {
     /// Messages on their way: (to replica, bytes).
     in_flight: Delayed<(usize, Vec<u8>)>,
     sent: u64,
-    tickets: HashMap<usize, LoadTicket>,
-    /// Per request: the leading blocks the ticket expected its worker to hold.
-    predicted: Vec<u64>,
-    next_request: usize,
+    tickets: Tickets,
 }
 
 impl Replicated {
@@ -108,9 +105,7 @@ impl Replicated {
             next: 0,
             in_flight: Delayed::new(),
             sent: 0,
-            tickets: HashMap::new(),
-            predicted: Vec::new(),
-            next_request: 0,
+            tickets: Tickets::default(),
         })
     }
 
@@ -156,9 +151,6 @@ impl Router for Replicated {
             .policy
             .route_blocks("", &req.hash_ids)
             .expect("workers are healthy");
-        let index = ticket.index();
-        self.predicted
-            .push((req.hash_ids.len() - ticket.prefill_chars()) as u64);
         if self.mode == SyncMode::Stream {
             let worker = ticket.url().to_string();
             self.broadcast(
@@ -180,19 +172,16 @@ impl Router for Replicated {
                 self.broadcast(r, now, event);
             }
         }
-        self.tickets.insert(self.next_request, ticket);
-        self.next_request += 1;
-        index
+        let predicted = (req.hash_ids.len() - ticket.prefill_chars()) as u64;
+        self.tickets.hold(ticket, predicted)
     }
     fn first_token(&mut self, _worker: usize, request: usize, ttft_us: f64) -> Option<f64> {
-        let ticket = self.tickets.get(&request)?;
-        ticket.first_token_after(std::time::Duration::from_secs_f64(ttft_us / 1e6));
-        ticket.estimated_ttft().map(|d| d.as_secs_f64() * 1e6)
+        self.tickets.first_token(request, ttft_us)
     }
     fn complete(&mut self, _worker: usize, request: usize) {
-        self.tickets.remove(&request);
+        self.tickets.complete(request);
     }
     fn predicted_hit_blocks(&self, request: usize) -> Option<u64> {
-        self.predicted.get(request).copied()
+        self.tickets.predicted(request)
     }
 }
