@@ -234,10 +234,12 @@ async fn shared_prefixes_stick_and_distinct_ones_spread() {
         1,
         "one worker got the shared prefix: {holders:?}"
     );
-    for i in 0..30 {
+    // Each starts with its own letter, so none matches another and every one is a miss, sent
+    // at random among the idle workers: a worker is missed with probability 3 (2/3)^30.
+    for c in ('A'..='Z').chain('a'..='d') {
         s.post(
             "/v1/completions",
-            &completion(&format!("{i} an unrelated prompt number {i}")),
+            &completion(&format!("{c} is where this unrelated prompt starts")),
         )
         .await;
     }
@@ -694,13 +696,22 @@ impl Replica {
         for w in workers {
             cmd.args(["--worker", w]);
         }
-        let child = cmd
+        // Its stderr goes to a file, which a pipe nobody reads could not fill.
+        let log = std::env::temp_dir().join(format!("router-replica-{port}.log"));
+        let mut child = cmd
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = child.try_wait().unwrap() {
+                let err = std::fs::read_to_string(&log).unwrap_or_default();
+                panic!(
+                    "replica {name} exited ({status}): {err}\n(a filtered `cargo test` does not \
+                     rebuild the example: `cargo build --release --example proxy`)"
+                );
+            }
             assert!(
                 std::time::Instant::now() < deadline,
                 "replica {name} did not start"
@@ -873,6 +884,23 @@ async fn replica_processes_share_what_they_route_through_nats() {
 
     // NATS returns: the replicas reconnect, and a new prefix through A reaches B again.
     nats.restart();
+    // What A and C queued while NATS was down may still be published now. Once each has
+    // published three newer work snapshots (queues are FIFO), all of it is in the stream, and
+    // B applies it within milliseconds: from then on B's routed count rises only for R*.
+    for r in [&a, &c] {
+        let published = metric(&client, &r.url, "router_sync_published_total")
+            .await
+            .unwrap_or(0);
+        wait_metric(
+            &client,
+            &r.url,
+            "router_sync_published_total",
+            published + 3,
+            Duration::from_secs(15),
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let before = metric(&client, &b.url, "router_sync_applied_routed_total")
         .await
         .unwrap_or(0);

@@ -4,7 +4,9 @@
 //! keys, work snapshots) to one JetStream stream with bounded retention (age and size), and
 //! consumes the stream from its start, applying the other replicas' events to its own policy
 //! (`CacheAwarePolicy::apply_replica`) and skipping its own. A replica that starts replays the
-//! retained window first, so it serves warm; the time it took is recorded.
+//! retained window first, so it serves warm; the time it took is recorded. After a reconnect it
+//! resumes after the last message it consumed (each is applied once), or from the start again
+//! if the stream was recreated meanwhile.
 //!
 //! The request path only enqueues ([`ReplicaSync::publish`]: a `try_send` on a bounded queue);
 //! a background task publishes and waits for each acknowledgement. When NATS is unreachable,
@@ -156,10 +158,19 @@ async fn run(
 ) {
     let started = Instant::now();
     let mut seq = 0u64;
+    let mut cursor = None;
     loop {
-        if session(&config, &policy, &mut rx, &stats, started, &mut seq)
-            .await
-            .is_err()
+        if session(
+            &config,
+            &policy,
+            &mut rx,
+            &stats,
+            started,
+            &mut seq,
+            &mut cursor,
+        )
+        .await
+        .is_err()
         {
             // Whatever waits now would wait for a server that is not there: drop it, counted.
             while rx.try_recv().is_ok() {
@@ -173,6 +184,14 @@ async fn run(
 /// Why a session ended.
 struct Ended;
 
+/// Where consuming stopped: the stream's creation time (a recreated stream numbers from 1
+/// again) and the last stream sequence consumed.
+#[derive(Clone, Copy)]
+struct Cursor {
+    created: time::OffsetDateTime,
+    consumed: u64,
+}
+
 /// One connection: the stream set up, then publishing and consuming until either fails.
 async fn session(
     config: &SyncConfig,
@@ -181,6 +200,7 @@ async fn session(
     stats: &SyncStats,
     started: Instant,
     seq: &mut u64,
+    cursor: &mut Option<Cursor>,
 ) -> Result<(), Ended> {
     let client = async_nats::ConnectOptions::new()
         .connection_timeout(Duration::from_secs(1))
@@ -198,8 +218,14 @@ async fn session(
         })
         .await
         .map_err(|_| Ended)?;
-    let last = stream.cached_info().state.last_sequence;
-    if last == 0 && stats.warm_ms.load(Ordering::Relaxed) == u64::MAX {
+    let info = stream.cached_info();
+    let (created, last) = (info.created, info.state.last_sequence);
+    // The same stream as before: on from the next message still retained. Else from its start.
+    let from = match *cursor {
+        Some(c) if c.created == created => (c.consumed + 1).max(info.state.first_sequence),
+        _ => 1,
+    };
+    if from > last && stats.warm_ms.load(Ordering::Relaxed) == u64::MAX {
         stats
             .warm_ms
             .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
@@ -207,7 +233,9 @@ async fn session(
     let consumer = stream
         .create_consumer(OrderedConfig {
             deliver_subject: client.new_inbox(),
-            deliver_policy: DeliverPolicy::All,
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: from,
+            },
             filter_subject: config.subject.clone(),
             ..Default::default()
         })
@@ -273,6 +301,10 @@ async fn session(
                 }
             }
             if let Some((sequence, published)) = info {
+                *cursor = Some(Cursor {
+                    created,
+                    consumed: sequence,
+                });
                 let lag = (time::OffsetDateTime::now_utc() - published)
                     .whole_milliseconds()
                     .max(0) as u64;

@@ -116,6 +116,8 @@ async fn replicas_converge_warm_up_and_survive_nats_going_away() {
         let t = a.route_blocks("", &[100 + i]).unwrap();
         sync_a.publish(routed(t.url(), &[100 + i]));
     }
+    // B publishes too, so its session ends as well and it has to reconnect.
+    sync_b.publish(routed(&worker, &[200]));
     until("A counts dropped events", Duration::from_secs(10), || {
         sync_a.stats().dropped.load(Ordering::Relaxed) > 0
     })
@@ -138,4 +140,38 @@ async fn replicas_converge_warm_up_and_survive_nats_going_away() {
     }
     let t = b.route_blocks("", &keys2).unwrap();
     assert_eq!((t.url(), t.cache_hit()), (worker2.as_str(), true));
+
+    // Each of A's events is applied once: a reconnected replica resumes after the last message
+    // it consumed instead of replaying the stream (which would refresh stale prefixes).
+    let (published, applied) = (
+        |s: &ReplicaSync| s.stats().published.load(Ordering::Relaxed),
+        |s: &ReplicaSync| s.stats().applied.load(Ordering::Relaxed),
+    );
+    let expected = || {
+        [
+            published(&sync_b),
+            published(&sync_a),
+            published(&sync_a) + published(&sync_b),
+        ]
+    };
+    let replicas = [("A", &sync_a), ("B", &sync_b), ("C", &sync_c)];
+    until(
+        "every replica applies what the others published",
+        Duration::from_secs(5),
+        || {
+            replicas
+                .iter()
+                .zip(expected())
+                .all(|((_, s), e)| applied(s) >= e)
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for ((name, sync), e) in replicas.iter().zip(expected()) {
+        assert_eq!(
+            applied(sync),
+            e,
+            "{name} applied each of the others' events once"
+        );
+    }
 }
