@@ -686,7 +686,13 @@ struct Replica {
 
 impl Replica {
     fn start(name: &str, port: u16, nats: &str, workers: &[String]) -> Self {
+        Self::start_with(name, port, nats, workers, &[])
+    }
+
+    /// With `extra` arguments.
+    fn start_with(name: &str, port: u16, nats: &str, workers: &[String], extra: &[&str]) -> Self {
         let mut cmd = std::process::Command::new(proxy_binary());
+        cmd.args(extra);
         cmd.args(["--listen", &format!("127.0.0.1:{port}")]).args([
             "--replica-sync",
             nats,
@@ -937,4 +943,27 @@ async fn replica_processes_share_what_they_route_through_nats() {
         .map(|(i, _)| i)
         .collect();
     assert_eq!(went, homes, "B sends the new prefix where A did");
+}
+
+/// A replica that cannot reach NATS at start waits `--warm-secs` for the replay, then serves
+/// from its own decisions: requests sent meanwhile wait and succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_without_nats_serves_after_its_warm_wait() {
+    let (url, mock) = start_mock().await;
+    let nowhere = format!("nats://127.0.0.1:{}", free_port());
+    let port = free_port();
+    let started = std::time::Instant::now();
+    let r = Replica::start_with("lone", port, &nowhere, &[url], &["--warm-secs", "1"]);
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    assert_eq!(post_to(&client, &r.url, "hello without NATS").await, 200);
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "served before the warm wait ended: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(mock.received.lock().unwrap().len(), 1);
+    assert_eq!(
+        metric(&client, &r.url, "router_sync_warm_milliseconds").await,
+        None
+    );
 }

@@ -63,6 +63,10 @@ struct Args {
     /// This replica's name among the replicas (default: the --listen address).
     #[arg(long)]
     replica_name: Option<String>,
+    /// With --replica-sync: seconds to wait for the replay of the stream before serving
+    /// (requests that arrive meanwhile wait in the listen queue); then it serves, warm or not.
+    #[arg(long, default_value_t = 10)]
+    warm_secs: u64,
 }
 
 #[tokio::main]
@@ -107,18 +111,24 @@ async fn main() -> Result<(), String> {
         state.streams.len()
     );
     tokio::spawn(server::share_work(state.clone(), Duration::from_millis(50)));
-    if state.sync.is_some() {
-        let state = state.clone();
-        tokio::spawn(async move {
-            let stats = state.sync.as_ref().expect("syncing").stats();
-            loop {
-                if let Some(took) = stats.warmed_in() {
-                    println!("replica sync: warm from the stream in {took:?}");
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
+    if let Some(sync) = &state.sync {
+        // The listener is bound (a bad address fails at once), but nothing is served cold.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(args.warm_secs);
+        loop {
+            if let Some(took) = sync.stats().warmed_in() {
+                println!("replica sync: warm from the stream in {took:?}");
+                break;
             }
-        });
+            if tokio::time::Instant::now() >= deadline {
+                println!(
+                    "replica sync: no replay within {}s (is NATS reachable?): serving from this \
+                     replica's own decisions until it catches up",
+                    args.warm_secs
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
     tokio::spawn(server::probe(
         state.clone(),
