@@ -67,7 +67,8 @@ impl SyncConfig {
 pub struct SyncStats {
     /// Events this replica published (acknowledged by the stream).
     pub published: AtomicU64,
-    /// Events this replica dropped: the queue was full, or NATS did not acknowledge them.
+    /// Events this replica dropped: the queue was full, or NATS did not acknowledge them in
+    /// time (such an event may still have been stored, and then peers apply it).
     pub dropped: AtomicU64,
     /// Other replicas' events applied.
     pub applied: AtomicU64,
